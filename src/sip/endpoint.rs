@@ -133,12 +133,103 @@ pub enum Output {
     Transmit(Transmit),
     /// Hand this message to another shard.
     Forward { shard: usize, msg: Inbound },
-    /// Bind the call's RTP socket on this shard.
+    /// Bind the call's RTP socket (and RTCP on the next port) on this shard.
     MediaOpen { call: CallKey, local: SocketAddr },
-    /// Release it.
-    MediaClose { call: CallKey },
+    /// The call was answered: start its media in its room with what was negotiated.
+    /// Sent again when a re-INVITE or a late-offer ACK changes it.
+    MediaStart(MediaSpec),
+    /// The call ended: release its media and write the call record.
+    MediaClose { call: CallKey, record: CallRecord },
     /// Nothing more now; call `handle_timeout` at this instant.
     Idle(Option<Instant>),
+}
+
+/// What the media layer needs to carry a call's audio.
+#[derive(Clone, Debug)]
+pub struct MediaSpec {
+    pub call: CallKey,
+    pub room: String,
+    pub local: SocketAddr,
+    /// Where the SDP says to send RTP (symmetric RTP may latch elsewhere).
+    pub remote: SocketAddr,
+    pub codec: sdp::Codec,
+    pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    pub ptime_ms: u16,
+    /// Caller number, trunk and rule, for the participant's identity and attributes.
+    pub caller: String,
+    pub callee: String,
+    pub trunk_id: String,
+    pub rule_id: String,
+}
+
+/// The signaling half of a call record; the driver adds the media half and logs it
+/// (one structured line per call, see [`CallRecord::log`]).
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub trunk: String,
+    pub rule: String,
+    pub room: String,
+    pub shard: usize,
+    pub caller: String,
+    pub callee: String,
+    pub duration_ms: u64,
+    pub setup_ms: u64,
+    pub codec: &'static str,
+    pub hangup_by: &'static str,
+    pub reason: &'static str,
+}
+
+/// The media half of a call record (from the media engine), kept here as plain
+/// numbers so the log line has one shape.
+#[derive(Clone, Debug, Default)]
+pub struct MediaFigures {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub lost: u64,
+    pub reordered: u64,
+    pub duplicates: u64,
+    pub foreign_dropped: u64,
+    pub jitter_p50_us: u64,
+    pub jitter_p99_us: u64,
+    pub jitter_max_us: u64,
+    pub dtmf_digits: u64,
+}
+
+impl CallRecord {
+    /// The call record: one line per call at hangup.
+    pub fn log(&self, m: &MediaFigures) {
+        info!(
+            call_id = %self.call_id,
+            trunk = %self.trunk,
+            rule = %self.rule,
+            room = %self.room,
+            shard = self.shard,
+            caller = %self.caller,
+            callee = %self.callee,
+            duration_ms = self.duration_ms,
+            setup_ms = self.setup_ms,
+            codec = self.codec,
+            packets_in = m.packets_in,
+            packets_out = m.packets_out,
+            bytes_in = m.bytes_in,
+            bytes_out = m.bytes_out,
+            lost = m.lost,
+            reordered = m.reordered,
+            duplicates = m.duplicates,
+            foreign_dropped = m.foreign_dropped,
+            jitter_p50_us = m.jitter_p50_us,
+            jitter_p99_us = m.jitter_p99_us,
+            jitter_max_us = m.jitter_max_us,
+            dtmf_digits = m.dtmf_digits,
+            hangup_by = self.hangup_by,
+            reason = self.reason,
+            "call record"
+        );
+    }
 }
 
 /// Counters of one shard's SIP traffic (exported by the metrics module).
@@ -153,6 +244,8 @@ pub struct EndpointStats {
     pub calls_total: u64,
     pub calls_answered: u64,
     pub calls_refused: u64,
+    /// Ended calls by reason (`EndReason::as_str`).
+    pub ended: HashMap<&'static str, u64>,
     /// Responses sent, by status code.
     pub responses: HashMap<u16, u64>,
 }
@@ -179,6 +272,7 @@ pub enum EndReason {
     Shutdown,
     ByeTimeout,
     MediaFailed,
+    MediaTimeout,
 }
 
 impl EndReason {
@@ -191,6 +285,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::ByeTimeout => "bye-timeout",
             EndReason::MediaFailed => "media-failed",
+            EndReason::MediaTimeout => "media-timeout",
         }
     }
     fn by(self) -> &'static str {
@@ -848,7 +943,10 @@ impl Endpoint {
                     let nonce_state = self.nonces.check(c.nonce, now_unix, &realm, NONCE_MAX_AGE_S);
                     match nonce_state {
                         NonceCheck::Valid => {
-                            if c.username == user && c.realm == realm && digest::verify(&c, sip.method_str(), pass) {
+                            if c.username_unescaped() == user
+                                && digest::unquote(c.realm) == realm.as_str()
+                                && digest::verify(&c, sip.method_str(), pass)
+                            {
                                 return true;
                             }
                             info!(call_id = sip.call_id().unwrap_or(""), username = c.username, "digest authentication failed");
@@ -1070,6 +1168,10 @@ impl Endpoint {
         call.answered = Some(now);
         self.stats.calls_answered += 1;
         info!(call_id = %ck, room = %call.routed.dispatch.room, "call answered");
+        if let Some(spec) = media_spec(ck, call) {
+            self.out.push_back(Output::MediaStart(spec));
+        }
+        let Some(call) = self.calls.get_mut(ck) else { return };
         if let Some(data) = data {
             call.ok = Some(data);
             call.ok_give_up = Some(now + 64 * T1);
@@ -1144,9 +1246,20 @@ impl Endpoint {
             call.ok_give_up = None;
             // Late offer: the ACK carries the answer (RFC 3264 s5, s13.2.1).
             if call.negotiated.is_none() && !sip.body().is_empty() {
-                if let Ok(ans) = sdp::parse_offer(sip.body()) {
-                    debug!(call_id = %ck, "late-offer answer received in ACK");
-                    let _ = ans;
+                let prefs = self
+                    .cfg
+                    .trunks
+                    .get(call.routed.trunk_index)
+                    .map(|t| t.codec_prefs())
+                    .unwrap_or_default();
+                match sdp::parse_answer(sip.body()).map(|a| sdp::accept_answer(&a, &prefs)) {
+                    Ok(Ok(n)) => {
+                        call.negotiated = Some(n);
+                        if let Some(spec) = media_spec(&ck, call) {
+                            self.out.push_back(Output::MediaStart(spec));
+                        }
+                    }
+                    _ => warn!(call_id = %ck, "unusable SDP answer in ACK"),
                 }
             }
             debug!(call_id = %ck, room = %call.routed.dispatch.room, "call confirmed");
@@ -1240,6 +1353,11 @@ impl Endpoint {
                     let text = n.answer.clone();
                     if let Some(c) = self.calls.get_mut(&ck) {
                         c.negotiated = Some(n);
+                        if c.state != CallState::Ringing {
+                            if let Some(spec) = media_spec(&ck, c) {
+                                self.out.push_back(Output::MediaStart(spec));
+                            }
+                        }
                     }
                     Some(text)
                 }
@@ -1311,7 +1429,6 @@ impl Endpoint {
     fn finish_call(&mut self, now: Instant, ck: &CallKey, reason: EndReason) {
         let Some(call) = self.calls.remove(ck) else { return };
         self.rtp_ports.push_back(call.rtp.port());
-        self.out.push_back(Output::MediaClose { call: ck.clone() });
         let duration = call
             .answered
             .map_or(Duration::ZERO, |a| now.saturating_duration_since(a));
@@ -1321,21 +1438,27 @@ impl Endpoint {
             .as_ref()
             .map(|n| n.codec.name())
             .unwrap_or("none");
-        info!(
-            call_id = %ck,
-            trunk = %call.routed.trunk_id,
-            rule = %call.routed.dispatch.rule_id,
-            room = %call.routed.dispatch.room,
-            shard = self.s.shard,
-            caller = %call.routed.caller,
-            callee = %call.routed.callee,
-            duration_ms = duration.as_millis() as u64,
-            setup_ms = call.answered.map_or(0, |a| a.saturating_duration_since(call.created).as_millis() as u64),
+        *self.stats.ended.entry(reason.as_str()).or_default() += 1;
+        let record = CallRecord {
+            call_id: ck.0.clone(),
+            trunk: call.routed.trunk_id,
+            rule: call.routed.dispatch.rule_id.clone(),
+            room: call.routed.dispatch.room.clone(),
+            shard: self.s.shard,
+            caller: call.routed.caller,
+            callee: call.routed.callee,
+            duration_ms: duration.as_millis() as u64,
+            setup_ms: call.answered.map_or(0, |a| {
+                a.saturating_duration_since(call.created).as_millis() as u64
+            }),
             codec,
-            hangup_by = reason.by(),
-            reason = reason.as_str(),
-            "call record"
-        );
+            hangup_by: reason.by(),
+            reason: reason.as_str(),
+        };
+        self.out.push_back(Output::MediaClose {
+            call: ck.clone(),
+            record,
+        });
     }
 
     // ----- shutdown ----------------------------------------------------------
@@ -1368,6 +1491,14 @@ impl Endpoint {
         self.shutting_down && self.calls.is_empty() && self.tx.client_len() == 0
     }
 
+    /// No RTP from the caller for the media timeout: end the call with BYE.
+    pub fn handle_media_timeout(&mut self, now: Instant, call: &CallKey) {
+        if let Some(c) = self.calls.get(call) {
+            warn!(call_id = %call, room = %c.routed.dispatch.room, "media timeout: no RTP from the caller");
+            self.send_bye(now, call, EndReason::MediaTimeout);
+        }
+    }
+
     /// The driver could not bind the call's RTP port: end the call.
     pub fn handle_media_failed(&mut self, now: Instant, call: &CallKey) {
         let Some(c) = self.calls.get(call) else { return };
@@ -1382,6 +1513,26 @@ impl Endpoint {
             CallState::Ending => {}
         }
     }
+}
+
+/// The media description of an answered call; `None` until an SDP answer exists
+/// (late offer before its ACK).
+fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
+    let n = call.negotiated.as_ref()?;
+    Some(MediaSpec {
+        call: ck.clone(),
+        room: call.routed.dispatch.room.clone(),
+        local: call.rtp,
+        remote: n.remote_rtp,
+        codec: n.codec,
+        payload_type: n.payload_type,
+        telephone_event: n.telephone_event,
+        ptime_ms: n.ptime_ms,
+        caller: call.routed.caller.clone(),
+        callee: call.routed.callee.clone(),
+        trunk_id: call.routed.trunk_id.clone(),
+        rule_id: call.routed.dispatch.rule_id.clone(),
+    })
 }
 
 /// Extracts the tag of a stored From value.

@@ -63,7 +63,8 @@ impl Net {
                             progressed = true;
                         }
                         Output::MediaOpen { call, .. } => self.media.push((s, format!("open {call}"))),
-                        Output::MediaClose { call } => self.media.push((s, format!("close {call}"))),
+                        Output::MediaClose { call, .. } => self.media.push((s, format!("close {call}"))),
+                        Output::MediaStart(spec) => self.media.push((s, format!("start {}", spec.call))),
                     }
                 }
             }
@@ -203,7 +204,10 @@ fn full_call_udp() {
     assert!(ok.contains("c=IN IP4 127.0.0.1"), "{ok}");
     assert!(ok.contains("PCMU/8000"));
     assert!(ok.contains("telephone-event/8000"));
-    assert_eq!(net.media, vec![(0, "open call-a".to_string())]);
+    assert_eq!(
+        net.media,
+        vec![(0, "open call-a".to_string()), (0, "start call-a".to_string())]
+    );
     let tag = to_tag_of(&ok);
     assert!(tag.starts_with("sb0-"));
     net.recv(&in_dialog("ACK", "call-a", "z9hG4bK-a2", &tag, 1));
