@@ -8,7 +8,9 @@
 //! [`verify`].
 //!
 //! What it owns: the digest arithmetic (MD5 and MD5-sess, with and without
-//! `qop=auth`), the `auth-param` syntax of the credentials, and nonces.
+//! `qop=auth`), the `auth-param` syntax of credentials and challenges, and
+//! nonces. The client side ([`parse_challenge`], [`authorization`]) is here too,
+//! for outbound calls through trunks that challenge us.
 //!
 //! Nonces are stateless so that any shard can check a nonce another shard issued
 //! (the retried INVITE has a new Via branch and may land anywhere): a nonce is
@@ -179,6 +181,8 @@ pub enum DigestError {
     Duplicate(&'static str),
     #[error("auth-param {0} missing")]
     Missing(&'static str),
+    #[error("unsupported {0}")]
+    Unsupported(&'static str),
 }
 
 /// Resolve quoted-pair escapes (`\x` -> `x`, RFC 3261 s25.1). Borrows when there
@@ -230,6 +234,28 @@ fn is_token(b: u8) -> bool {
 /// quoted strings, linear white space (folded lines too) anywhere between.
 /// Unknown parameters are skipped (RFC 2617 s3.2.2 `auth-param`).
 pub fn parse_credentials(value: &str) -> Result<Credentials<'_>, DigestError> {
+    let slots = parse_auth_params(value, &PARAMS)?;
+    let required = |k: usize| slots[k].ok_or(DigestError::Missing(PARAMS[k]));
+    Ok(Credentials {
+        username: required(0)?,
+        realm: required(1)?,
+        nonce: required(2)?,
+        uri: required(3)?,
+        response: required(4)?,
+        algorithm: slots[5],
+        qop: slots[6],
+        nc: slots[7],
+        cnonce: slots[8],
+        opaque: slots[9],
+    })
+}
+
+/// `Digest` followed by auth-params; returns the values of `names`, by index.
+/// Shared by credentials and challenges, which have the same syntax.
+fn parse_auth_params<'a, const N: usize>(
+    value: &'a str,
+    names: &[&'static str; N],
+) -> Result<[Option<&'a str>; N], DigestError> {
     let b = value.as_bytes();
     let mut i = 0;
     let skip_lws = |mut i: usize| {
@@ -247,7 +273,7 @@ pub fn parse_credentials(value: &str) -> Result<Credentials<'_>, DigestError> {
         return Err(DigestError::NotDigest);
     }
 
-    let mut slots: [Option<&str>; PARAMS.len()] = [None; PARAMS.len()];
+    let mut slots: [Option<&str>; N] = [None; N];
 
     loop {
         // Empty list elements (",,") are allowed (RFC 3261 s7.3.1 `#rule`).
@@ -301,28 +327,15 @@ pub fn parse_credentials(value: &str) -> Result<Credentials<'_>, DigestError> {
             return Err(DigestError::Syntax { at: i });
         }
 
-        if let Some(k) = PARAMS.iter().position(|p| p.eq_ignore_ascii_case(name)) {
+        if let Some(k) = names.iter().position(|p| p.eq_ignore_ascii_case(name)) {
             // RFC 7616 s3.4: a repeated parameter makes the header invalid; taking
             // either copy would let a proxy and us disagree on what was signed.
             if slots[k].replace(val).is_some() {
-                return Err(DigestError::Duplicate(PARAMS[k]));
+                return Err(DigestError::Duplicate(names[k]));
             }
         }
     }
-
-    let required = |k: usize| slots[k].ok_or(DigestError::Missing(PARAMS[k]));
-    Ok(Credentials {
-        username: required(0)?,
-        realm: required(1)?,
-        nonce: required(2)?,
-        uri: required(3)?,
-        response: required(4)?,
-        algorithm: slots[5],
-        qop: slots[6],
-        nc: slots[7],
-        cnonce: slots[8],
-        opaque: slots[9],
-    })
+    Ok(slots)
 }
 
 /// Does `c.response` prove knowledge of `password` for this request? `method`
@@ -336,11 +349,43 @@ pub fn parse_credentials(value: &str) -> Result<Credentials<'_>, DigestError> {
 /// qop or `MD5(HA1:nonce:nc:cnonce:qop:HA2)` with `qop=auth`. `auth-int` and the
 /// RFC 7616 SHA-256 algorithms are not offered and so not accepted.
 pub fn verify(c: &Credentials<'_>, method: &str, password: &str) -> bool {
+    let inputs = ResponseInputs {
+        username: c.username,
+        realm: c.realm,
+        nonce: c.nonce,
+        uri: c.uri,
+        algorithm: c.algorithm,
+        qop: c.qop,
+        nc: c.nc,
+        cnonce: c.cnonce,
+    };
+    match expected_response(&inputs, method, password) {
+        Some(expected) => ct_eq_hex(c.response.as_bytes(), &expected),
+        None => false,
+    }
+}
+
+/// What goes into a digest response, every text in its quoted-string form
+/// (escapes not yet resolved) as it appears in the header.
+struct ResponseInputs<'a> {
+    username: &'a str,
+    realm: &'a str,
+    nonce: &'a str,
+    uri: &'a str,
+    algorithm: Option<&'a str>,
+    qop: Option<&'a str>,
+    nc: Option<&'a str>,
+    cnonce: Option<&'a str>,
+}
+
+/// The response digest (lower-case hex), or `None` for an algorithm or qop we do
+/// not support or a qop/MD5-sess request without its `nc`/`cnonce`.
+fn expected_response(c: &ResponseInputs<'_>, method: &str, password: &str) -> Option<[u8; 32]> {
     let sess = match c.algorithm {
         None => false,
         Some(a) if a.eq_ignore_ascii_case("MD5") => false,
         Some(a) if a.eq_ignore_ascii_case("MD5-sess") => true,
-        Some(_) => return false,
+        Some(_) => return None,
     };
     let mut h = Md5::new();
     update_unq(&mut h, c.username);
@@ -351,7 +396,7 @@ pub fn verify(c: &Credentials<'_>, method: &str, password: &str) -> bool {
     let mut ha1 = hex(&h.finalize().into());
     if sess {
         // MD5-sess needs the client nonce; without it the header is not well formed.
-        let Some(cnonce) = c.cnonce else { return false };
+        let cnonce = c.cnonce?;
         let mut h = Md5::new();
         h.update(ha1);
         h.update(b":");
@@ -375,21 +420,122 @@ pub fn verify(c: &Credentials<'_>, method: &str, password: &str) -> bool {
     match c.qop {
         None => {}
         Some(q) if q.eq_ignore_ascii_case("auth") => {
-            let (Some(nc), Some(cnonce)) = (c.nc, c.cnonce) else {
-                return false;
-            };
-            update_unq(&mut h, nc);
+            update_unq(&mut h, c.nc?);
             h.update(b":");
-            update_unq(&mut h, cnonce);
+            update_unq(&mut h, c.cnonce?);
             h.update(b":");
             update_unq(&mut h, q);
             h.update(b":");
         }
-        Some(_) => return false,
+        Some(_) => return None,
     }
     h.update(ha2);
-    let expected = hex(&h.finalize().into());
-    ct_eq_hex(c.response.as_bytes(), &expected)
+    Some(hex(&h.finalize().into()))
+}
+
+/// A parsed `WWW-Authenticate` / `Proxy-Authenticate` value (RFC 3261 s25.1
+/// `digest-cln`), for when we are the client: outbound calls through a trunk
+/// that challenges. Quoted values keep their escapes, as in [`Credentials`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge<'a> {
+    pub realm: &'a str,
+    pub nonce: &'a str,
+    pub opaque: Option<&'a str>,
+    pub algorithm: Option<&'a str>,
+    /// The offered qop list, e.g. `auth` or `auth,auth-int`.
+    pub qop: Option<&'a str>,
+    /// RFC 2617 s3.2.1: the previous nonce expired; retry without asking anyone.
+    pub stale: bool,
+}
+
+const CHALLENGE_PARAMS: [&str; 6] = ["realm", "nonce", "opaque", "algorithm", "qop", "stale"];
+
+/// Parse a challenge header value (same syntax as credentials).
+pub fn parse_challenge(value: &str) -> Result<Challenge<'_>, DigestError> {
+    let slots = parse_auth_params(value, &CHALLENGE_PARAMS)?;
+    Ok(Challenge {
+        realm: slots[0].ok_or(DigestError::Missing("realm"))?,
+        nonce: slots[1].ok_or(DigestError::Missing("nonce"))?,
+        opaque: slots[2],
+        algorithm: slots[3],
+        qop: slots[4],
+        stale: slots[5].is_some_and(|v| v.eq_ignore_ascii_case("true")),
+    })
+}
+
+/// Who we are and what we ask, for [`authorization`].
+#[derive(Clone, Copy, Debug)]
+pub struct ClientRequest<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub method: &'a str,
+    /// The Request-URI of the request being authorized.
+    pub uri: &'a str,
+    /// A fresh random client nonce (the caller's RNG: this module has none).
+    pub cnonce: &'a str,
+    /// How many requests this nonce has authorized, including this one (from 1).
+    pub nc: u32,
+}
+
+/// The `Authorization` / `Proxy-Authorization` value answering `ch`
+/// (RFC 2617 s3.2.2). Uses `qop=auth` when offered, else the RFC 2069 form.
+pub fn authorization(ch: &Challenge<'_>, req: &ClientRequest<'_>) -> Result<String, DigestError> {
+    let qop = match ch.qop {
+        None => None,
+        Some(list)
+            if list
+                .split(',')
+                .any(|q| q.trim().eq_ignore_ascii_case("auth")) =>
+        {
+            Some("auth")
+        }
+        Some(_) => return Err(DigestError::Unsupported("qop")),
+    };
+    let mut username = String::new();
+    push_quoted(&mut username, req.username);
+    let mut uri = String::new();
+    push_quoted(&mut uri, req.uri);
+    let mut cnonce = String::new();
+    push_quoted(&mut cnonce, req.cnonce);
+    let nc = format!("{:08x}", req.nc);
+    let inputs = ResponseInputs {
+        username: &username,
+        realm: ch.realm,
+        nonce: ch.nonce,
+        uri: &uri,
+        algorithm: ch.algorithm,
+        qop,
+        nc: Some(&nc),
+        cnonce: Some(&cnonce),
+    };
+    let response = expected_response(&inputs, req.method, req.password)
+        .ok_or(DigestError::Unsupported("algorithm"))?;
+    let response = std::str::from_utf8(&response).unwrap_or_default();
+    let mut out = format!(
+        "Digest username=\"{username}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\"",
+        ch.realm, ch.nonce
+    );
+    if let Some(alg) = ch.algorithm {
+        out.push_str(", algorithm=");
+        out.push_str(if alg.eq_ignore_ascii_case("MD5-sess") {
+            "MD5-sess"
+        } else {
+            "MD5"
+        });
+    }
+    if let Some(qop) = qop {
+        out.push_str(&format!(", qop={qop}, nc={nc}, cnonce=\"{cnonce}\""));
+    } else if ch
+        .algorithm
+        .is_some_and(|a| a.eq_ignore_ascii_case("MD5-sess"))
+    {
+        // MD5-sess hashes the cnonce into HA1 even without qop.
+        out.push_str(&format!(", cnonce=\"{cnonce}\""));
+    }
+    if let Some(opaque) = ch.opaque {
+        out.push_str(&format!(", opaque=\"{opaque}\""));
+    }
+    Ok(out)
 }
 
 /// Feed a possibly escaped quoted-string body into the hash, unescaped, without
@@ -774,6 +920,116 @@ mod tests {
         assert!(!verify(&c, "INVITE", "pa56"));
     }
 
+    #[test]
+    fn client_answers_a_challenge_with_the_known_vector() {
+        let chal =
+            format!("Digest realm=\"switchboard\", nonce=\"{N}\", algorithm=MD5, qop=\"auth\"");
+        let ch = parse_challenge(&chal).unwrap();
+        assert_eq!(
+            ch,
+            Challenge {
+                realm: "switchboard",
+                nonce: N,
+                opaque: None,
+                algorithm: Some("MD5"),
+                qop: Some("auth"),
+                stale: false
+            }
+        );
+        let req = ClientRequest {
+            username: "alice",
+            password: "s3cret",
+            method: "INVITE",
+            uri: URI,
+            cnonce: "f00dcafe",
+            nc: 42,
+        };
+        let value = authorization(&ch, &req).unwrap();
+        assert_eq!(
+            value,
+            format!(
+                "Digest username=\"alice\", realm=\"switchboard\", nonce=\"{N}\", uri=\"{URI}\", \
+                 response=\"{WITH_QOP}\", algorithm=MD5, qop=auth, nc=0000002a, cnonce=\"f00dcafe\""
+            )
+        );
+        let c = parse_credentials(&value).unwrap();
+        assert!(verify(&c, "INVITE", "s3cret"));
+
+        // RFC 2069 style (no qop offered), MD5 implied.
+        let text = format!("Digest realm=\"switchboard\",nonce=\"{N}\"");
+        let ch = parse_challenge(&text).unwrap();
+        let value = authorization(&ch, &req).unwrap();
+        assert!(value.contains(&format!("response=\"{NO_QOP}\"")), "{value}");
+        assert!(!value.contains("qop"));
+
+        // MD5-sess.
+        let text = format!(
+            "Digest realm=switchboard,nonce=\"{N}\",algorithm=MD5-sess,qop=\"auth,auth-int\""
+        );
+        let ch = parse_challenge(&text).unwrap();
+        let value = authorization(&ch, &req).unwrap();
+        assert!(value.contains(&format!("response=\"{SESS}\"")), "{value}");
+        assert!(verify(
+            &parse_credentials(&value).unwrap(),
+            "INVITE",
+            "s3cret"
+        ));
+    }
+
+    #[test]
+    fn client_side_details() {
+        // Asterisk-style challenge: opaque echoed, lower-case algorithm, stale flag.
+        let ch = parse_challenge(
+            "Digest  realm=\"asterisk\",nonce=\"1700000000/0123abcd\",opaque=\"5f1e\",algorithm=md5,qop=\"auth\",stale=TRUE",
+        )
+        .unwrap();
+        assert!(ch.stale);
+        let req = ClientRequest {
+            username: "we\"ird",
+            password: "pw",
+            method: "INVITE",
+            uri: "sip:100@pbx.example.com",
+            cnonce: "c1",
+            nc: 1,
+        };
+        let value = authorization(&ch, &req).unwrap();
+        assert!(
+            value.starts_with("Digest username=\"we\\\"ird\", realm=\"asterisk\""),
+            "{value}"
+        );
+        assert!(value.ends_with(", opaque=\"5f1e\""), "{value}");
+        let c = parse_credentials(&value).unwrap();
+        assert_eq!(c.username_unescaped(), "we\"ird");
+        assert!(verify(&c, "INVITE", "pw"));
+        assert!(!verify(&c, "INVITE", "pW"));
+        // Our own challenge parses back.
+        let text = challenge("switchboard", "abc", true);
+        let ours = parse_challenge(&text).unwrap();
+        assert_eq!(
+            (ours.realm, ours.nonce, ours.qop, ours.stale),
+            ("switchboard", "abc", Some("auth"), true)
+        );
+        // What we cannot do, we say.
+        let ch = parse_challenge("Digest realm=r, nonce=n, qop=\"auth-int\"").unwrap();
+        assert_eq!(
+            authorization(&ch, &req),
+            Err(DigestError::Unsupported("qop"))
+        );
+        let ch = parse_challenge("Digest realm=r, nonce=n, algorithm=SHA-256").unwrap();
+        assert_eq!(
+            authorization(&ch, &req),
+            Err(DigestError::Unsupported("algorithm"))
+        );
+        assert_eq!(
+            parse_challenge("Digest nonce=n"),
+            Err(DigestError::Missing("realm"))
+        );
+        assert_eq!(
+            parse_challenge("Basic realm=\"x\""),
+            Err(DigestError::NotDigest)
+        );
+    }
+
     mod fuzz {
         use super::*;
         use proptest::prelude::*;
@@ -787,12 +1043,20 @@ mod tests {
                     let _ = verify(&c, "INVITE", "pw");
                 }
                 let _ = NonceSource::new(SECRET).check(&s, T0, "r", 60);
+                if let Ok(ch) = parse_challenge(&s) {
+                    let req = ClientRequest { username: "u", password: "p", method: "INVITE", uri: "sip:x", cnonce: "c", nc: 1 };
+                    if let Ok(v) = authorization(&ch, &req) {
+                        // Whatever we were challenged with, our answer is well formed.
+                        let c = parse_credentials(&v).expect("our credentials parse");
+                        prop_assert!(verify(&c, "INVITE", "p"));
+                    }
+                }
             }
 
             #[test]
             fn header_like_text_never_panics(
                 parts in proptest::collection::vec(
-                    "(username|realm|nonce|uri|response|qop|nc|cnonce|algorithm|x)[ \t]*=[ \t]*(\"([^\"\\\\]|\\\\.){0,12}\"?|[a-zA-Z0-9-]{0,10}|\\\\)",
+                    "(username|realm|nonce|uri|response|qop|nc|cnonce|algorithm|opaque|stale|x)[ \t]*=[ \t]*(\"([^\"\\\\]|\\\\.){0,12}\"?|[a-zA-Z0-9-]{0,10}|\\\\)",
                     0..12,
                 ),
                 sep in "[ ,\t\r\n]{1,3}",
@@ -801,6 +1065,13 @@ mod tests {
                 if let Ok(c) = parse_credentials(&s) {
                     let _ = verify(&c, "INVITE", "pw");
                     let _ = c.username_unescaped();
+                }
+                if let Ok(ch) = parse_challenge(&s) {
+                    let req = ClientRequest { username: "u\"\\", password: "p", method: "INVITE", uri: "sip:x", cnonce: "c", nc: 7 };
+                    if let Ok(v) = authorization(&ch, &req) {
+                        let c = parse_credentials(&v).expect("our credentials parse");
+                        prop_assert!(verify(&c, "INVITE", "p"));
+                    }
                 }
             }
         }
