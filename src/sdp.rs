@@ -279,6 +279,12 @@ pub struct Media<'a> {
     pub direction: Option<Direction>,
     pub ptime: Option<u16>,
     pub maxptime: Option<u16>,
+    /// `a=rtcp:<port> [IN IP4|IP6 <addr>]` (RFC 3605), for peers behind NAT or
+    /// with RTCP not on RTP port + 1.
+    pub rtcp: Option<(u16, Option<IpAddr>)>,
+    /// `a=rtcp-mux` (RFC 5761) was offered. We do not accept it (trunks do not
+    /// use it); the offerer must then use separate ports (RFC 5761 s5.1.1).
+    pub rtcp_mux: bool,
 }
 
 impl Media<'_> {
@@ -353,8 +359,8 @@ pub struct SessionDescription<'a> {
 /// What we parse an offer into. Same type as an answer; the name says the role.
 pub type Offer<'a> = SessionDescription<'a>;
 
-impl<'a> SessionDescription<'a> {
-    /// The address media of section `index` goes to: media-level `c=` first, then
+impl SessionDescription<'_> {
+    /// The address a media section's RTP goes to: media-level `c=` first, then
     /// session level (RFC 4566 s5.7). `0.0.0.0` is the RFC 2543 hold idiom
     /// (RFC 3264 s8.4) and is returned as is.
     pub fn connection_of(&self, media: &Media<'_>) -> Option<IpAddr> {
@@ -563,6 +569,8 @@ fn parse_media_line(v: &str, line: usize) -> Result<Media<'_>, SdpError> {
         direction: None,
         ptime: None,
         maxptime: None,
+        rtcp: None,
+        rtcp_mux: false,
     })
 }
 
@@ -578,6 +586,12 @@ fn parse_attribute<'a>(
         Some((n, val)) => (n.trim(), Some(val.trim())),
         None => (v.trim(), None),
     };
+    if name == "rtcp-mux" {
+        if let Some(m) = sd.media.last_mut() {
+            m.rtcp_mux = true;
+        }
+        return Ok(());
+    }
     if let Some(dir) = Direction::from_attr(name) {
         match sd.media.last_mut() {
             Some(m) => m.direction = Some(dir),
@@ -596,6 +610,21 @@ fn parse_attribute<'a>(
                 (Some(m), _) => m.maxptime = Some(ms),
                 (None, "ptime") => sd.ptime = Some(ms),
                 (None, _) => {}
+            }
+        }
+        "rtcp" => {
+            let Some(m) = sd.media.last_mut() else {
+                return Ok(());
+            };
+            let (port, addr) = match value.split_once([' ', '\t']) {
+                Some((port, conn)) => match parse_connection(conn) {
+                    Some(ip) => (port, Some(ip)),
+                    None => return Ok(()),
+                },
+                None => (value, None),
+            };
+            if let Ok(port) = port.parse::<u16>() {
+                m.rtcp = Some((port, addr));
             }
         }
         "rtpmap" => {
@@ -683,6 +712,9 @@ pub struct Negotiated {
     /// `0.0.0.0` (unspecified) when the peer put the call on hold the RFC 2543
     /// way (RFC 3264 s8.4): send nothing then.
     pub remote_rtp: SocketAddr,
+    /// Where to send RTCP: `a=rtcp` if given (RFC 3605), else RTP port + 1
+    /// on the same address (RFC 3550 s11).
+    pub remote_rtcp: SocketAddr,
     /// Packetization to send with: the peer's `a=ptime` when it is one we can
     /// produce, else 20 ms.
     pub ptime_ms: u16,
@@ -725,6 +757,7 @@ struct Choice {
     payload_type: u8,
     telephone_event: Option<u8>,
     remote_rtp: SocketAddr,
+    remote_rtcp: SocketAddr,
     ptime_ms: u16,
     peer_direction: Direction,
 }
@@ -743,12 +776,17 @@ fn choose(
         let ip = sd
             .connection_of(m)
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let remote_rtcp = match m.rtcp {
+            Some((port, addr)) => SocketAddr::new(addr.unwrap_or(ip), port),
+            None => SocketAddr::new(ip, m.port.saturating_add(1)),
+        };
         Some(Choice {
             index,
             codec,
             payload_type,
             telephone_event: m.telephone_event(),
             remote_rtp: SocketAddr::new(ip, m.port),
+            remote_rtcp,
             ptime_ms: ptime_for(m, sd.ptime),
             peer_direction: sd.direction_of(m),
         })
@@ -826,6 +864,7 @@ pub fn answer(
         payload_type: choice.payload_type,
         telephone_event: choice.telephone_event,
         remote_rtp: choice.remote_rtp,
+        remote_rtcp: choice.remote_rtcp,
         ptime_ms: choice.ptime_ms,
         direction,
         media_index: choice.index,
@@ -883,6 +922,7 @@ pub fn accept_answer(
         payload_type: choice.payload_type,
         telephone_event: choice.telephone_event,
         remote_rtp: choice.remote_rtp,
+        remote_rtcp: choice.remote_rtcp,
         ptime_ms: choice.ptime_ms,
         direction: choice.peer_direction.reverse(),
         media_index: choice.index,
@@ -1077,6 +1117,28 @@ mod tests {
         );
         assert_eq!(n.telephone_event, Some(101));
         assert_eq!(n.remote_rtp, "192.0.2.11:13254".parse().unwrap());
+        assert_eq!(n.remote_rtcp, "192.0.2.11:13255".parse().unwrap());
+    }
+
+    #[test]
+    fn rtcp_address() {
+        // Telnyx-style a=rtcp with port only; FreeSWITCH with an address (RFC 3605).
+        let n = negotiate(TELNYX, &CodecPrefs::default()).unwrap();
+        assert_eq!(n.remote_rtcp, "192.0.2.10:31235".parse().unwrap());
+        let sdp = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:5001 IN IP4 198.51.100.1\r\n";
+        let n = negotiate(sdp, &CodecPrefs::default()).unwrap();
+        assert_eq!(n.remote_rtcp, "198.51.100.1:5001".parse().unwrap());
+        // Malformed a=rtcp is ignored: RTP + 1.
+        let sdp = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:x\r\na=rtcp:5001 IN IP9 1\r\n";
+        let n = negotiate(sdp, &CodecPrefs::default()).unwrap();
+        assert_eq!(n.remote_rtcp, "192.0.2.1:4001".parse().unwrap());
+        // rtcp-mux is recorded, not accepted.
+        let o = parse_offer(WEBRTC.as_bytes()).unwrap();
+        assert!(o.media[0].rtcp_mux);
+        assert_eq!(
+            o.media[0].rtcp,
+            Some((9, Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+        );
     }
 
     #[test]
