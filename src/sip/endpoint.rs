@@ -313,6 +313,9 @@ struct Call {
     local_cseq: u32,
     rtp: SocketAddr,
     negotiated: Option<sdp::Negotiated>,
+    /// `o=` session id and version of our description (RFC 3264 s8: the id stays,
+    /// the version grows with each new answer in the dialog).
+    sdp_session: (u64, u64),
     routed: RoutedCall,
     created: Instant,
     answered: Option<Instant>,
@@ -943,8 +946,10 @@ impl Endpoint {
                     let nonce_state = self.nonces.check(c.nonce, now_unix, &realm, NONCE_MAX_AGE_S);
                     match nonce_state {
                         NonceCheck::Valid => {
+                            // RFC 2617 s3.2.2.5: the digest-uri names this request.
                             if c.username_unescaped() == user
                                 && digest::unquote(c.realm) == realm.as_str()
+                                && sip.request_uri() == Some(digest::unquote(c.uri).as_ref())
                                 && digest::verify(&c, sip.method_str(), pass)
                             {
                                 return true;
@@ -1055,6 +1060,7 @@ impl Endpoint {
             local_cseq: 0,
             rtp,
             negotiated,
+            sdp_session: (session_id, session_id),
             routed,
             created: now,
             answered: None,
@@ -1145,7 +1151,7 @@ impl Endpoint {
                     .get(call.routed.trunk_index)
                     .map(|t| t.codec_prefs())
                     .unwrap_or_default();
-                sdp::offer(ip, call.rtp.port(), self.rng.gen::<u32>() as u64, &prefs, &self.s.user_agent)
+                sdp::offer(ip, call.rtp.port(), call.sdp_session.0, &prefs, &self.s.user_agent)
             }
         };
         let contact = self.contact(&peer);
@@ -1333,7 +1339,8 @@ impl Endpoint {
         let body = if sip.body().is_empty() {
             call.negotiated.as_ref().map(|n| n.answer.clone())
         } else {
-            let session_id = self.rng.gen::<u32>() as u64;
+            let (session_id, version) = call.sdp_session;
+            let version = version + 1;
             let parsed = sdp::parse_offer(sip.body());
             match parsed.ok().and_then(|o| {
                 sdp::answer(
@@ -1342,7 +1349,7 @@ impl Endpoint {
                         local_ip,
                         rtp_port: port,
                         session_id,
-                        session_version: session_id,
+                        session_version: version,
                         prefs: &prefs,
                         user_agent: &self.s.user_agent,
                     },
@@ -1353,6 +1360,7 @@ impl Endpoint {
                     let text = n.answer.clone();
                     if let Some(c) = self.calls.get_mut(&ck) {
                         c.negotiated = Some(n);
+                        c.sdp_session.1 = version;
                         if c.state != CallState::Ringing {
                             if let Some(spec) = media_spec(&ck, c) {
                                 self.out.push_back(Output::MediaStart(spec));
