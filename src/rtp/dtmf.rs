@@ -565,6 +565,33 @@ mod tests {
         assert_eq!(std::iter::from_fn(|| tx.next_packet()).count(), 3);
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, in whatever order: no panic, and never two digits
+        /// for one event (timestamp).
+        #[test]
+        fn receiver_emits_each_event_once(
+            packets in proptest::collection::vec(
+                (0u32..8, proptest::prelude::any::<[u8; 4]>(), 0u64..400, proptest::prelude::any::<bool>()),
+                0..60,
+            ),
+        ) {
+            let t0 = Instant::now();
+            let mut rx = DtmfReceiver::new(8000);
+            let mut seen = std::collections::HashSet::new();
+            let mut now = t0;
+            for (ts_index, mut payload, gap_ms, short) in packets {
+                payload[0] %= 17;
+                now += Duration::from_millis(gap_ms);
+                rx.handle_timeout(now);
+                let len = if short { 3 } else { 4 };
+                let _ = rx.on_packet(&hdr(ts_index * 1000), &payload[..len], now);
+                while let Some(ev) = rx.poll_event() {
+                    proptest::prop_assert!(seen.insert(ev.timestamp), "twice: {:?}", ev);
+                }
+            }
+        }
+    }
+
     #[test]
     fn sender_to_receiver() {
         let t0 = Instant::now();

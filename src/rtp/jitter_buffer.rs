@@ -150,8 +150,9 @@ pub struct JitterBuffer {
     highest: i64,
     /// Next extended sequence to play (while buffering: the lowest buffered).
     next: i64,
-    /// Last timestamp seen and its extended value, to unwrap timestamps.
-    ts_ref: (u32, i64),
+    /// Last timestamp seen, its extended value and its packet's extended
+    /// sequence, to unwrap timestamps.
+    ts_ref: (u32, i64, i64),
     /// The sequence that would confirm a huge jump.
     bad_seq: Option<u16>,
     min_transit: Option<i64>,
@@ -180,7 +181,7 @@ impl JitterBuffer {
             epoch: None,
             highest: 0,
             next: 0,
-            ts_ref: (0, 0),
+            ts_ref: (0, 0, 0),
             bad_seq: None,
             min_transit: None,
             // 5 µs per 20 ms packet: follows up to 250 ppm of clock drift.
@@ -233,6 +234,11 @@ impl JitterBuffer {
             Some(e) => t.saturating_duration_since(e).as_micros() as i64,
             None => 0,
         }
+    }
+
+    /// RTP ticks per frame.
+    fn frame_ticks(&self) -> i64 {
+        self.frame_us * i64::from(self.cfg.clock_rate) / 1_000_000
     }
 
     fn ts_to_us(&self, ext_ts: i64) -> i64 {
@@ -288,8 +294,18 @@ impl JitterBuffer {
             return PushOutcome::Discarded;
         }
         self.bad_seq = None;
-        let ext_ts = self.ts_ref.1 + i64::from(timestamp.wrapping_sub(self.ts_ref.0) as i32);
-        self.ts_ref = (timestamp, ext_ts);
+        let (ref_ts, ref_ext_ts, ref_ext_seq) = self.ts_ref;
+        let dts = i64::from(timestamp.wrapping_sub(ref_ts) as i32);
+        let ext_ts = if dts.abs() * 1_000_000 > TS_JUMP_US * i64::from(self.cfg.clock_rate) {
+            // The sender's timeline jumped (restart, or a hostile peer). Keep our
+            // extended timeline continuous, at nominal spacing, so it cannot run
+            // away, and restart the delay baseline: this is not network delay.
+            self.min_transit = None;
+            ref_ext_ts + (ext - ref_ext_seq) * self.frame_ticks()
+        } else {
+            ref_ext_ts + dts
+        };
+        self.ts_ref = (timestamp, ext_ts, ext);
         let ts_us = self.ts_to_us(ext_ts);
         self.observe_delay(arrival_us - ts_us);
 
@@ -337,7 +353,7 @@ impl JitterBuffer {
         let ext = EXT_SEQ_ORIGIN + i64::from(seq);
         self.highest = ext;
         self.next = ext;
-        self.ts_ref = (timestamp, i64::from(timestamp));
+        self.ts_ref = (timestamp, i64::from(timestamp), ext);
         let ts_us = self.ts_to_us(i64::from(timestamp));
         self.min_transit = None;
         self.observe_delay(arrival_us - ts_us);
@@ -378,6 +394,11 @@ impl JitterBuffer {
             State::Buffering => {
                 // Start once the first frame has waited `target` beyond the time
                 // the fastest packet would have brought it.
+                // The ring may have dropped the oldest frames while filling:
+                // start from the lowest one still there.
+                while self.next < self.highest && !self.has(self.next) {
+                    self.next += 1;
+                }
                 let first_ts_us = match &self.slots[self.idx(self.next)] {
                     Some(s) if s.ext_seq == self.next => s.ts_us,
                     _ => return Frame::NotReady,
@@ -738,6 +759,42 @@ mod tests {
         assert_eq!(jb.stats().overflow_dropped, 12);
         let f = jb.pop(t0 + Duration::from_secs(1));
         assert_eq!(seq_of(&f), Some(12));
+    }
+
+    proptest::proptest! {
+        /// Hostile input (any sequence numbers, timestamps, arrival gaps): no
+        /// panic, the ring stays bounded, every push is accounted for.
+        #[test]
+        fn never_panics_and_stays_bounded(
+            ops in proptest::collection::vec(
+                (proptest::prelude::any::<u16>(), proptest::prelude::any::<u32>(), 0u64..100, 0u8..4),
+                0..300,
+            ),
+        ) {
+            let t0 = Instant::now();
+            let cfg = JitterBufferConfig { capacity: 16, ..Default::default() };
+            let mut jb = JitterBuffer::new(cfg);
+            let mut now = t0;
+            let mut base = 0u16;
+            for (seq, ts, gap_ms, kind) in ops {
+                now += Duration::from_millis(gap_ms);
+                match kind {
+                    0 => { jb.pop(now); }
+                    // Mostly near the current sequence, sometimes anywhere.
+                    1 | 2 => {
+                        base = base.wrapping_add(seq % 5);
+                        let t = if kind == 1 { u32::from(base) * 160 } else { ts };
+                        jb.push(base.wrapping_sub(seq % 3), t, now, Bytes::new());
+                    }
+                    _ => { jb.push(seq, ts, now, Bytes::new()); }
+                }
+                proptest::prop_assert!(jb.depth() <= 16);
+                let t = jb.target_delay();
+                proptest::prop_assert!(t >= Duration::from_millis(20) && t <= Duration::from_millis(200));
+            }
+            let s = jb.stats();
+            proptest::prop_assert!(s.played + s.late + s.duplicates + s.discarded + s.overflow_dropped + s.shrink_dropped <= s.pushed);
+        }
     }
 
     #[test]

@@ -716,6 +716,64 @@ mod tests {
         assert_eq!(rb.jitter, st.jitter_rtp_units());
     }
 
+    proptest::proptest! {
+        /// Drops, adjacent swaps and duplicates injected at random show up in
+        /// the counters exactly, wherever the sequence space starts (wrap).
+        #[test]
+        fn injected_faults_are_counted_exactly(
+            start in proptest::prelude::any::<u16>(),
+            len in 20usize..600,
+            drop_mask in proptest::collection::vec(proptest::prelude::any::<u8>(), 600),
+            swap_mask in proptest::collection::vec(proptest::prelude::any::<u8>(), 600),
+            dup_mask in proptest::collection::vec(proptest::prelude::any::<u8>(), 600),
+        ) {
+            // Keep the first three (probation) and the last (the loss span ends
+            // at the highest received); drop about 5% of the rest.
+            let mut dropped = 0u64;
+            let mut arrival: Vec<u16> = vec![];
+            for i in 0..len {
+                if i >= 3 && i + 1 < len && drop_mask[i] < 13 {
+                    dropped += 1;
+                } else {
+                    arrival.push(start.wrapping_add(i as u16));
+                }
+            }
+            // Swap disjoint adjacent pairs: each makes exactly one late arrival.
+            let mut swaps = 0u64;
+            let mut i = 3;
+            while i + 1 < arrival.len() {
+                if swap_mask[i] < 20 {
+                    arrival.swap(i, i + 1);
+                    swaps += 1;
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            // Duplicate a recent arrival (well inside the window) here and there.
+            let mut dups = 0u64;
+            let mut fed: Vec<u16> = vec![];
+            for (k, &seq) in arrival.iter().enumerate() {
+                fed.push(seq);
+                if k >= 3 && dup_mask[k] < 10 {
+                    let back = usize::from(dup_mask[k]) % 10;
+                    fed.push(fed[fed.len() - 1 - back.min(fed.len() - 1)]);
+                    dups += 1;
+                }
+            }
+            let mut st = ReceiveStats::new(8000);
+            for (k, &seq) in fed.iter().enumerate() {
+                st.on_packet(SSRC, seq, u32::from(seq) * 160, 100, k as u64 * 20_000);
+            }
+            let c = st.counters();
+            proptest::prop_assert_eq!(c.expected, len as u64);
+            proptest::prop_assert_eq!(c.lost, dropped as i64);
+            proptest::prop_assert_eq!(c.reordered, swaps);
+            proptest::prop_assert_eq!(c.duplicates, dups);
+            proptest::prop_assert_eq!(c.packets, fed.len() as u64);
+        }
+    }
+
     #[test]
     fn no_report_before_validation() {
         let mut st = ReceiveStats::new(8000);
