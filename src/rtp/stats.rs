@@ -731,8 +731,8 @@ mod tests {
             // at the highest received); drop about 5% of the rest.
             let mut dropped = 0u64;
             let mut arrival: Vec<u16> = vec![];
-            for i in 0..len {
-                if i >= 3 && i + 1 < len && drop_mask[i] < 13 {
+            for (i, &roll) in drop_mask.iter().enumerate().take(len) {
+                if i >= 3 && i + 1 < len && roll < 13 {
                     dropped += 1;
                 } else {
                     arrival.push(start.wrapping_add(i as u16));
