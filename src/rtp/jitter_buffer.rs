@@ -540,6 +540,12 @@ mod tests {
     }
 
     #[test]
+    fn slot_is_small() {
+        // The ring is the only allocation: `capacity` slots of this size.
+        assert!(std::mem::size_of::<Option<Slot>>() <= 48);
+    }
+
+    #[test]
     fn stream_end_goes_silent() {
         let mut jb = JitterBuffer::new(JitterBufferConfig::default());
         let frames = run(&mut jb, 0, &vec![Some(5); 20], 40);
@@ -584,17 +590,18 @@ mod tests {
         let mut delays = vec![Some(5); 100];
         delays[50] = Some(125); // 120 ms later than the rest: past its slot.
         let frames = run(&mut jb, 0, &delays, 104);
+        // 50 is waited for one tick (the gap has only one frame behind it),
+        // then concealed; when it finally arrives it is dropped and counted, and
+        // its delay lifts the target at once.
         let s = jb.stats();
-        assert!(!audio_seqs(&frames).contains(&50) || s.late == 0);
+        assert_eq!(s.late, 1);
+        let want: Vec<u16> = (0..100).filter(|&s| s != 50).collect();
+        assert_eq!(audio_seqs(&frames), want);
         assert!(
             jb.target_delay() >= Duration::from_millis(100),
             "{:?}",
             jb.target_delay()
         );
-        // Every other packet is played, in order.
-        let seqs = audio_seqs(&frames);
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
-        assert!(seqs.len() >= 99);
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl ReceiveStats {
     /// `clock_rate`: the RTP clock of the negotiated codec (8000 for G.711).
     ///
     /// Allocates the jitter histogram once (2 significant digits up to 10 s:
-    /// about 17 KiB), so nothing allocates per packet.
+    /// about 18 KiB), so nothing allocates per packet.
     pub fn new(clock_rate: u32) -> ReceiveStats {
         let histogram = Histogram::new_with_bounds(1, JITTER_HISTOGRAM_MAX_US, 2)
             .expect("constant bounds are valid: 1 <= low, high >= 2 * low, sigfig <= 5");
@@ -772,6 +772,14 @@ mod tests {
             proptest::prop_assert_eq!(c.duplicates, dups);
             proptest::prop_assert_eq!(c.packets, fed.len() as u64);
         }
+    }
+
+    #[test]
+    fn histogram_footprint() {
+        // Documented as about 18 KiB per call.
+        let st = ReceiveStats::new(8000);
+        let bytes = st.jitter_histogram().distinct_values() * 8;
+        assert!(bytes < 20 * 1024, "{bytes}");
     }
 
     #[test]
