@@ -711,7 +711,10 @@ impl Endpoint {
     /// reason phrase, sent statelessly; dropped when no response can be addressed
     /// (no usable Via) or when it is an ACK (never answered, s17.2.1).
     fn reject_malformed(&mut self, msg: &Inbound, sip: &SipMessage, e: ParseError) {
-        if sip.method() == Some(Method::Ack) || sip.top_via().is_err() {
+        // A 505 goes back to the source even when the Via carries the unknown
+        // version too; other errors need a readable Via to be addressed.
+        let addressable = sip.top_via().is_ok() || e == ParseError::Version;
+        if sip.method() == Some(Method::Ack) || !addressable {
             self.stats.dropped += 1;
             debug!(remote = %msg.peer.remote, error = %e, "dropped malformed request");
             return;

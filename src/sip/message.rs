@@ -236,6 +236,8 @@ pub enum ParseError {
     CSeqMethodMismatch,
     #[error("malformed Max-Forwards")]
     BadMaxForwards,
+    #[error("malformed Contact")]
+    BadContact,
     #[error("duplicate header")]
     DuplicateHeader,
 }
@@ -266,6 +268,7 @@ impl ParseError {
             ParseError::BadCSeq => "Bad Request - Malformed CSeq",
             ParseError::CSeqMethodMismatch => "Bad Request - CSeq Method Mismatch",
             ParseError::BadMaxForwards => "Bad Request - Malformed Max-Forwards",
+            ParseError::BadContact => "Bad Request - Malformed Contact",
             ParseError::DuplicateHeader => "Bad Request - Duplicate Header",
         }
     }
@@ -361,6 +364,10 @@ pub fn frame_len(buf: &[u8]) -> Framing {
         if HeaderName::from_bytes(name) == HeaderName::ContentLength {
             let v = trim(&line[colon + 1..]);
             match parse_u32(v) {
+                // Two different lengths leave the stream unframable (RFC 4475 s3.3.9).
+                Some(n) if content_length.is_some_and(|c| c != n as usize) => {
+                    return Framing::Invalid("conflicting Content-Length")
+                }
                 Some(n) if (n as usize) <= MAX_MESSAGE => content_length = Some(n as usize),
                 _ => return Framing::Invalid("bad Content-Length"),
             }
@@ -663,10 +670,26 @@ impl SipMessage {
         let StartLine::Request { method, .. } = self.start else {
             return Ok(());
         };
-        // Addressability first: without a usable Via no response can be sent.
+        // A version we do not speak is answered 505 before anything else (RFC 4475
+        // s3.1.2.16): its Via may carry the same unknown version.
+        if self.deferred == Some(ParseError::Version) {
+            return Err(ParseError::Version);
+        }
+        // Addressability next: without a usable Via no response can be sent.
         self.top_via()?;
         if let Some(e) = self.deferred {
             return Err(e);
+        }
+        // s19.1.1: headers (`?...`) are not allowed in a SIP Request-URI (RFC 4475 s3.1.2.11).
+        if let Some(u) = self.request_uri().and_then(SipUri::parse) {
+            if !u.headers.is_empty() && !u.scheme.eq_ignore_ascii_case("tel") {
+                return Err(ParseError::RequestUri);
+            }
+        }
+        for c in self.header_values(HeaderName::Contact) {
+            if c != "*" && NameAddr::parse(c).is_none() {
+                return Err(ParseError::BadContact);
+            }
         }
         for v in self.header_values(HeaderName::Via) {
             Via::parse(v)?;
@@ -1083,6 +1106,11 @@ impl<'a> NameAddr<'a> {
             if display.is_none() {
                 let d = rest[..lt].trim();
                 if !d.is_empty() {
+                    // An unquoted display name is tokens and LWS only (s25.1,
+                    // RFC 4475 s3.1.2.15).
+                    if !d.bytes().all(|b| is_token(b) || is_ws(b)) {
+                        return None;
+                    }
                     display = Some(d);
                 }
             } else if !rest[..lt].trim().is_empty() {
@@ -1090,7 +1118,11 @@ impl<'a> NameAddr<'a> {
             }
             let after = &rest[lt + 1..];
             let gt = after.find('>')?;
-            let uri = after[..gt].trim();
+            let uri = &after[..gt];
+            // No whitespace inside <...> (RFC 4475 s3.1.2.14).
+            if uri.trim().len() != uri.len() {
+                return None;
+            }
             let params = after[gt + 1..].trim();
             if uri.is_empty() || !uri.contains(':') || !(params.is_empty() || params.starts_with(';')) {
                 return None;
@@ -1111,7 +1143,9 @@ impl<'a> NameAddr<'a> {
                 None => (rest, ""),
             };
             let uri = uri.trim();
-            if uri.is_empty() || !uri.contains(':') || uri.contains([' ', '\t', ',']) {
+            // Without <>, a URI with headers or commas is ambiguous (s20.10,
+            // RFC 4475 s3.1.2.13).
+            if uri.is_empty() || !uri.contains(':') || uri.contains([' ', '\t', ',', '?']) {
                 return None;
             }
             Some(NameAddr {
@@ -1136,6 +1170,8 @@ pub struct SipUri<'a> {
     pub port: Option<u16>,
     /// URI parameters, starting with ';' or empty.
     pub params: &'a str,
+    /// URI headers after '?', or empty.
+    pub headers: &'a str,
 }
 
 impl<'a> SipUri<'a> {
@@ -1149,26 +1185,33 @@ impl<'a> SipUri<'a> {
                 host: "",
                 port: None,
                 params: &rest[end..],
+                headers: "",
             });
         }
         if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
             return None;
         }
-        let rest = rest.split('?').next().unwrap_or("");
-        let (user, hostpart) = match rest.rfind('@') {
+        // userinfo ends at the first '@' ('@' cannot appear unescaped later, s25.1);
+        // it may contain '?', ';' and ':' (user-unreserved, password).
+        let (user, hostpart) = match rest.find('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
-        // user may carry ";user-params" and ":password"; the user part for routing is before ':'.
         let user = user.map(|u| u.split(':').next().unwrap_or(u));
-        let pend = hostpart.find(';').unwrap_or(hostpart.len());
-        let (host, port) = split_host_port(&hostpart[..pend])?;
+        let hend = hostpart.find([';', '?']).unwrap_or(hostpart.len());
+        let (host, port) = split_host_port(&hostpart[..hend])?;
+        let tail = &hostpart[hend..];
+        let (params, headers) = match tail.find('?') {
+            Some(q) => (&tail[..q], &tail[q + 1..]),
+            None => (tail, ""),
+        };
         Some(SipUri {
             scheme,
             user,
             host,
             port,
-            params: &hostpart[pend..],
+            params,
+            headers,
         })
     }
 }
