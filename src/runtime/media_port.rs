@@ -1,13 +1,15 @@
 //! A call's RTP port on its owner shard: bind, drain, close.
 //!
 //! Data flow: the endpoint's `Output::MediaOpen { call, local }` (after SDP
-//! negotiation picked `local` from this shard's slice of the RTP range) -> the
-//! shard binds a UDP socket here and a reader task drains it; `MediaClose`
-//! drops the [`MediaPort`], which cancels the reader and closes the socket.
+//! negotiation picked `local`, an even port of this shard's slice of the RTP
+//! range) -> the shard binds the RTP socket on `local` and the RTCP socket on
+//! the next port (RFC 3550 s11: RTCP = RTP + 1), and a reader task drains
+//! each; `MediaClose` drops the [`MediaPort`], which cancels the readers and
+//! closes both sockets.
 //! For now packets are only counted; the RTP core (jitter buffer, decode,
 //! RTCP) will take them from here.
 //!
-//! Owns: the per-call RTP socket and its reader task.
+//! Owns: the per-call RTP and RTCP sockets and their reader tasks.
 
 use std::io;
 use std::net::SocketAddr;
@@ -49,37 +51,68 @@ pub fn bind_rtp(local: SocketAddr) -> Result<Socket, MediaPortError> {
     Ok(s)
 }
 
-/// An open RTP port. Dropping it cancels the reader and closes the socket.
+/// An open RTP/RTCP port pair. Dropping it cancels the readers and closes
+/// the sockets.
 pub struct MediaPort {
     local: SocketAddr,
-    reader: JoinHandle<()>,
+    rtp: JoinHandle<()>,
+    rtcp: JoinHandle<()>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Rtp,
+    Rtcp,
+}
+
+fn drain(
+    socket: glommio::net::UdpSocket,
+    kind: Kind,
+    counters: Arc<ShardCounters>,
+) -> JoinHandle<()> {
+    glommio::spawn_local(async move {
+        // One buffer per socket, reused for every packet.
+        let mut buf = vec![0u8; RTP_BUF];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, _from)) => match kind {
+                    Kind::Rtp => {
+                        counters.rtp_packets_in.inc();
+                        counters.rtp_bytes_in.add(n as u64);
+                    }
+                    Kind::Rtcp => counters.rtcp_packets_in.inc(),
+                },
+                // ICMP errors surface here on some kernels; keep reading.
+                Err(_) => glommio::timer::sleep(std::time::Duration::from_millis(1)).await,
+            }
+        }
+    })
+    .detach()
 }
 
 impl MediaPort {
-    /// Bind `local` and start draining it. Must run inside a shard's executor.
+    /// Bind RTP on `local` and RTCP on the next port, and start draining
+    /// both. Must run inside a shard's executor.
     pub fn open(
         local: SocketAddr,
         counters: Arc<ShardCounters>,
     ) -> Result<MediaPort, MediaPortError> {
-        let socket = into_glommio_udp(bind_rtp(local)?);
-        let reader = glommio::spawn_local(async move {
-            // One buffer per port, reused for every packet.
-            let mut buf = vec![0u8; RTP_BUF];
-            loop {
-                match socket.recv_from(&mut buf).await {
-                    Ok((n, _from)) => {
-                        counters.rtp_packets_in.inc();
-                        counters.rtp_bytes_in.add(n as u64);
-                    }
-                    // ICMP errors surface here on some kernels; keep reading.
-                    Err(_) => glommio::timer::sleep(std::time::Duration::from_millis(1)).await,
-                }
-            }
-        })
-        .detach();
-        Ok(MediaPort { local, reader })
+        let rtcp_addr = SocketAddr::new(local.ip(), local.port().wrapping_add(1));
+        if rtcp_addr.port() == 0 {
+            return Err(MediaPortError::Bind {
+                addr: rtcp_addr,
+                source: io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+        // Bind both before starting either reader: a half-open pair never exists.
+        let rtp = bind_rtp(local)?;
+        let rtcp = bind_rtp(rtcp_addr)?;
+        let rtp = drain(into_glommio_udp(rtp), Kind::Rtp, Arc::clone(&counters));
+        let rtcp = drain(into_glommio_udp(rtcp), Kind::Rtcp, counters);
+        Ok(MediaPort { local, rtp, rtcp })
     }
 
+    /// The RTP address (RTCP is the next port).
     pub fn local(&self) -> SocketAddr {
         self.local
     }
@@ -87,9 +120,10 @@ impl MediaPort {
 
 impl Drop for MediaPort {
     fn drop(&mut self) {
-        // The reader owns the socket: cancelling it drops the socket, which
+        // Each reader owns its socket: cancelling it drops the socket, which
         // closes the port.
-        self.reader.cancel();
+        self.rtp.cancel();
+        self.rtcp.cancel();
     }
 }
 
@@ -99,15 +133,23 @@ mod tests {
     use glommio::{LocalExecutorBuilder, Placement};
     use std::time::Duration;
 
-    fn free_port() -> SocketAddr {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
+    /// An even port whose successor is free too (probe, then release).
+    fn free_pair() -> SocketAddr {
+        for _ in 0..100 {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let a = s.local_addr().unwrap();
+            if a.port() % 2 == 0 && std::net::UdpSocket::bind(("127.0.0.1", a.port() + 1)).is_ok() {
+                return a;
+            }
+        }
+        panic!("no free port pair");
     }
 
     #[test]
     fn binds_exclusively_counts_packets_and_closes_on_drop() {
         crate::runtime::system::raise_memlock().unwrap();
-        let addr = free_port();
+        let addr = free_pair();
+        let rtcp = SocketAddr::new(addr.ip(), addr.port() + 1);
         let h = LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(crate::runtime::system::IO_MEMORY_PER_SHARD)
             .spawn(move || async move {
@@ -129,11 +171,20 @@ mod tests {
                 }
                 assert_eq!(counters.rtp_packets_in.get(), 3);
                 assert_eq!(counters.rtp_bytes_in.get(), 36);
+                tx.send_to(&[0x81, 200, 0, 1, 0, 0, 0, 1], rtcp).unwrap();
+                for _ in 0..200 {
+                    if counters.rtcp_packets_in.get() == 1 {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(counters.rtcp_packets_in.get(), 1);
+                assert!(bind_rtp(rtcp).is_err(), "RTCP port must be held too");
                 drop(port);
                 // Closed: the port can be bound again.
                 let mut rebound = false;
                 for _ in 0..200 {
-                    if bind_rtp(addr).is_ok() {
+                    if bind_rtp(addr).is_ok() && bind_rtp(rtcp).is_ok() {
                         rebound = true;
                         break;
                     }

@@ -180,7 +180,7 @@ shard_counters! {
     /// Gauge: media ports open now.
     media_open,
     media_bind_failed,
-    rtp_packets_in, rtp_bytes_in,
+    rtp_packets_in, rtp_bytes_in, rtcp_packets_in,
     timer_fires,
     /// The endpoint produced more outputs in one go than a drain takes.
     drain_overruns,
