@@ -1,19 +1,19 @@
 //! G.711 per 20 ms frame (160 samples at 8 kHz), both laws, both directions:
-//! the runtime-dispatched SIMD path vs the scalar table path vs the STL's
-//! segment loop (`reference_*`).
+//! every SIMD kernel this CPU runs (through `Compander::with_isa`) vs the
+//! scalar table path vs the STL's segment loop (`reference_*`).
 //!
-//! Run: `cargo bench --bench g711 -- --noplot`. The three variants of a group
-//! run back to back, so compare them as ratios within one run: the machine is
+//! Run: `cargo bench --bench g711 -- --noplot`. The variants of a group run
+//! back to back, so compare them as ratios within one run: the machine is
 //! shared and absolute times drift.
 
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use switchboard::codec::g711::{self, reference, scalar, FRAME_SAMPLES};
+use switchboard::codec::g711::{reference, Compander, Isa, Law, FRAME_SAMPLES};
 
-/// One frame of speech-like audio: a 440 Hz tone with a slow envelope plus
-/// noise, so the samples spread over most segments (a constant would hit one
-/// table entry and flatter the table path).
+/// One frame of speech-like audio: a 440 Hz tone with an envelope plus noise,
+/// so the samples spread over most segments (a constant would hit one table
+/// entry and flatter the table path).
 fn speech_frame() -> [i16; FRAME_SAMPLES] {
     let mut state = 0x9E37_79B9_u32;
     let mut frame = [0i16; FRAME_SAMPLES];
@@ -28,102 +28,69 @@ fn speech_frame() -> [i16; FRAME_SAMPLES] {
     frame
 }
 
-type Encode = fn(&[i16], &mut [u8]);
-type Decode = fn(&[u8], &mut [i16]);
-
-fn bench_encode(c: &mut Criterion, name: &str, variants: [(&str, Encode); 3]) {
-    let pcm = speech_frame();
-    let mut out = [0u8; FRAME_SAMPLES];
-    let mut group = c.benchmark_group(name);
-    group.throughput(Throughput::Elements(FRAME_SAMPLES as u64));
-    for (variant, encode) in variants {
-        group.bench_function(variant, |b| {
-            b.iter(|| {
-                encode(black_box(&pcm), black_box(&mut out));
-            })
-        });
-    }
-    group.finish();
+/// The companders of `law` on every ISA this CPU supports, best first.
+fn companders(law: Law) -> Vec<(String, Compander)> {
+    Isa::ALL
+        .iter()
+        .rev()
+        .filter_map(|&isa| Compander::with_isa(law, isa))
+        .map(|c| {
+            let name = match c.isa() {
+                Isa::Scalar => "scalar_table".to_string(),
+                isa => format!("simd_{isa:?}").to_lowercase(),
+            };
+            (name, c)
+        })
+        .collect()
 }
 
-fn bench_decode(c: &mut Criterion, name: &str, law: g711::Law, variants: [(&str, Decode); 3]) {
+fn bench_law(c: &mut Criterion, law: Law, name: &str) {
+    let pcm = speech_frame();
     let mut codes = [0u8; FRAME_SAMPLES];
-    law.encode(&speech_frame(), &mut codes);
     let mut out = [0i16; FRAME_SAMPLES];
-    let mut group = c.benchmark_group(name);
+    let reference_encode: fn(&[i16], &mut [u8]) = match law {
+        Law::Pcmu => reference::reference_ulaw_encode_slice,
+        Law::Pcma => reference::reference_alaw_encode_slice,
+    };
+    let reference_decode: fn(&[u8], &mut [i16]) = match law {
+        Law::Pcmu => reference::reference_ulaw_decode_slice,
+        Law::Pcma => reference::reference_alaw_decode_slice,
+    };
+
+    let mut group = c.benchmark_group(format!("g711/{name}_encode_160"));
     group.throughput(Throughput::Elements(FRAME_SAMPLES as u64));
-    for (variant, decode) in variants {
+    for (variant, compander) in companders(law) {
         group.bench_function(variant, |b| {
-            b.iter(|| {
-                decode(black_box(&codes), black_box(&mut out));
-            })
+            b.iter(|| compander.encode(black_box(&pcm), black_box(&mut codes)))
         });
     }
+    group.bench_function("reference_loop", |b| {
+        b.iter(|| reference_encode(black_box(&pcm), black_box(&mut codes)))
+    });
+    group.finish();
+
+    law.encode(&pcm, &mut codes);
+    let mut group = c.benchmark_group(format!("g711/{name}_decode_160"));
+    group.throughput(Throughput::Elements(FRAME_SAMPLES as u64));
+    for (variant, compander) in companders(law) {
+        group.bench_function(variant, |b| {
+            b.iter(|| compander.decode(black_box(&codes), black_box(&mut out)))
+        });
+    }
+    group.bench_function("reference_loop", |b| {
+        b.iter(|| reference_decode(black_box(&codes), black_box(&mut out)))
+    });
     group.finish();
 }
 
 fn g711(c: &mut Criterion) {
-    let simd = format!("simd-{:?}", g711::isa()).to_lowercase();
-    let simd = simd.as_str();
-    bench_encode(
-        c,
-        "g711/ulaw_encode_160",
-        [
-            (simd, |p, o| {
-                g711::ulaw_encode(p, o);
-            }),
-            ("scalar_table", |p, o| {
-                scalar::ulaw_encode(p, o);
-            }),
-            ("reference_loop", reference::reference_ulaw_encode_slice),
-        ],
-    );
-    bench_encode(
-        c,
-        "g711/alaw_encode_160",
-        [
-            (simd, |p, o| {
-                g711::alaw_encode(p, o);
-            }),
-            ("scalar_table", |p, o| {
-                scalar::alaw_encode(p, o);
-            }),
-            ("reference_loop", reference::reference_alaw_encode_slice),
-        ],
-    );
-    bench_decode(
-        c,
-        "g711/ulaw_decode_160",
-        g711::Law::Pcmu,
-        [
-            (simd, |c, o| {
-                g711::ulaw_decode(c, o);
-            }),
-            ("scalar_table", |c, o| {
-                scalar::ulaw_decode(c, o);
-            }),
-            ("reference_loop", reference::reference_ulaw_decode_slice),
-        ],
-    );
-    bench_decode(
-        c,
-        "g711/alaw_decode_160",
-        g711::Law::Pcma,
-        [
-            (simd, |c, o| {
-                g711::alaw_decode(c, o);
-            }),
-            ("scalar_table", |c, o| {
-                scalar::alaw_decode(c, o);
-            }),
-            ("reference_loop", reference::reference_alaw_decode_slice),
-        ],
-    );
+    bench_law(c, Law::Pcmu, "ulaw");
+    bench_law(c, Law::Pcma, "alaw");
 }
 
 criterion_group! {
     name = benches;
-    // Short runs: 12 benchmarks x ~2.5 s stay well under a minute.
+    // Short runs: 16 benchmarks x 2.5 s stay under a minute.
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))

@@ -15,6 +15,10 @@
 //!   architectures without a SIMD kernel, and the single-sample functions.
 //! - `x86`: SSSE3 and AVX2 kernels, chosen at run time by [`isa`].
 //!
+//! The free functions ([`ulaw_encode`] ...) run on the detected ISA. A call
+//! leg keeps a [`Compander`]: its law and ISA fixed once, so a payload is one
+//! call whatever the law, and tests or benchmarks can pin an ISA.
+//!
 //! Bit-exact means "equal to the STL", which is what G.711 conformance is
 //! tested against. Two details make the STL differ from the widespread Sun /
 //! CCITT `g711.c` (`linear2ulaw`): negative samples are folded with the one's
@@ -173,20 +177,38 @@ fn detect_isa() -> Isa {
     Isa::Scalar
 }
 
-/// Runs `$kernel` of the detected [`isa`] over the common prefix of `$input`
-/// and `$out`, and returns its length.
-macro_rules! dispatch {
-    ($input:ident, $out:ident, $scalar:path, $ssse3:ident, $avx2:ident) => {{
+impl Isa {
+    /// Every ISA, slowest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Ssse3, Isa::Avx2];
+
+    /// Whether this CPU can run the kernels of `self` ([`Isa::Scalar`]
+    /// always).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Ssse3 => std::is_x86_feature_detected!("ssse3"),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+            Isa::Ssse3 | Isa::Avx2 => false,
+        }
+    }
+}
+
+/// Runs the `$isa` kernel over the common prefix of `$input` and `$out`, and
+/// returns its length. Expands inside the `unsafe fn *_on` below, whose
+/// contract is that `$isa` is supported by this CPU.
+macro_rules! run_on {
+    ($isa:expr, $input:ident, $out:ident, $scalar:path, $ssse3:ident, $avx2:ident) => {{
         let n = $input.len().min($out.len());
         let ($input, $out) = (&$input[..n], &mut $out[..n]);
-        match isa() {
+        match $isa {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: isa() returns Avx2 only after
-            // is_x86_feature_detected!("avx2") said yes on this CPU.
+            // SAFETY: the caller guarantees the CPU supports $isa, here AVX2.
             Isa::Avx2 => unsafe { x86::$avx2($input, $out) },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: isa() returns Ssse3 only after
-            // is_x86_feature_detected!("ssse3") said yes on this CPU.
+            // SAFETY: the caller guarantees the CPU supports $isa, here SSSE3.
             Isa::Ssse3 => unsafe { x86::$ssse3($input, $out) },
             _ => {
                 $scalar($input, $out);
@@ -196,10 +218,11 @@ macro_rules! dispatch {
     }};
 }
 
-/// Encodes linear PCM to mu-law (PCMU): `min(pcm.len(), out.len())` samples,
-/// returns that count.
-pub fn ulaw_encode(pcm: &[i16], out: &mut [u8]) -> usize {
-    dispatch!(
+/// # Safety
+/// `isa.is_supported()`.
+unsafe fn ulaw_encode_on(isa: Isa, pcm: &[i16], out: &mut [u8]) -> usize {
+    run_on!(
+        isa,
         pcm,
         out,
         scalar::ulaw_encode,
@@ -208,10 +231,11 @@ pub fn ulaw_encode(pcm: &[i16], out: &mut [u8]) -> usize {
     )
 }
 
-/// Decodes mu-law (PCMU) to linear PCM: `min(codes.len(), out.len())` codes,
-/// returns that count.
-pub fn ulaw_decode(codes: &[u8], out: &mut [i16]) -> usize {
-    dispatch!(
+/// # Safety
+/// `isa.is_supported()`.
+unsafe fn ulaw_decode_on(isa: Isa, codes: &[u8], out: &mut [i16]) -> usize {
+    run_on!(
+        isa,
         codes,
         out,
         scalar::ulaw_decode,
@@ -220,10 +244,11 @@ pub fn ulaw_decode(codes: &[u8], out: &mut [i16]) -> usize {
     )
 }
 
-/// Encodes linear PCM to A-law (PCMA): `min(pcm.len(), out.len())` samples,
-/// returns that count.
-pub fn alaw_encode(pcm: &[i16], out: &mut [u8]) -> usize {
-    dispatch!(
+/// # Safety
+/// `isa.is_supported()`.
+unsafe fn alaw_encode_on(isa: Isa, pcm: &[i16], out: &mut [u8]) -> usize {
+    run_on!(
+        isa,
         pcm,
         out,
         scalar::alaw_encode,
@@ -232,16 +257,98 @@ pub fn alaw_encode(pcm: &[i16], out: &mut [u8]) -> usize {
     )
 }
 
-/// Decodes A-law (PCMA) to linear PCM: `min(codes.len(), out.len())` codes,
-/// returns that count.
-pub fn alaw_decode(codes: &[u8], out: &mut [i16]) -> usize {
-    dispatch!(
+/// # Safety
+/// `isa.is_supported()`.
+unsafe fn alaw_decode_on(isa: Isa, codes: &[u8], out: &mut [i16]) -> usize {
+    run_on!(
+        isa,
         codes,
         out,
         scalar::alaw_decode,
         alaw_decode_ssse3,
         alaw_decode_avx2
     )
+}
+
+/// Encodes linear PCM to mu-law (PCMU) on the detected [`isa`]:
+/// `min(pcm.len(), out.len())` samples, returns that count.
+pub fn ulaw_encode(pcm: &[i16], out: &mut [u8]) -> usize {
+    // SAFETY: isa() only returns an ISA that detection found on this CPU.
+    unsafe { ulaw_encode_on(isa(), pcm, out) }
+}
+
+/// Decodes mu-law (PCMU) to linear PCM on the detected [`isa`]:
+/// `min(codes.len(), out.len())` codes, returns that count.
+pub fn ulaw_decode(codes: &[u8], out: &mut [i16]) -> usize {
+    // SAFETY: isa() only returns an ISA that detection found on this CPU.
+    unsafe { ulaw_decode_on(isa(), codes, out) }
+}
+
+/// Encodes linear PCM to A-law (PCMA) on the detected [`isa`]:
+/// `min(pcm.len(), out.len())` samples, returns that count.
+pub fn alaw_encode(pcm: &[i16], out: &mut [u8]) -> usize {
+    // SAFETY: isa() only returns an ISA that detection found on this CPU.
+    unsafe { alaw_encode_on(isa(), pcm, out) }
+}
+
+/// Decodes A-law (PCMA) to linear PCM on the detected [`isa`]:
+/// `min(codes.len(), out.len())` codes, returns that count.
+pub fn alaw_decode(codes: &[u8], out: &mut [i16]) -> usize {
+    // SAFETY: isa() only returns an ISA that detection found on this CPU.
+    unsafe { alaw_decode_on(isa(), codes, out) }
+}
+
+/// One law on one instruction set: what a call leg keeps for its G.711
+/// stream. [`Compander::new`] takes the detected ISA; [`Compander::with_isa`]
+/// pins one (benchmarks, or ruling out a kernel in the field).
+///
+/// Invariant: `isa` is supported by this CPU (checked at construction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Compander {
+    law: Law,
+    isa: Isa,
+}
+
+impl Compander {
+    /// `law` on the best ISA this CPU has.
+    pub fn new(law: Law) -> Self {
+        Compander { law, isa: isa() }
+    }
+
+    /// `law` on `isa`, or `None` if this CPU cannot run it.
+    pub fn with_isa(law: Law, isa: Isa) -> Option<Self> {
+        isa.is_supported().then_some(Compander { law, isa })
+    }
+
+    pub fn law(&self) -> Law {
+        self.law
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Encodes `min(pcm.len(), out.len())` samples; returns that count.
+    pub fn encode(&self, pcm: &[i16], out: &mut [u8]) -> usize {
+        // SAFETY: self.isa is supported (invariant, checked at construction).
+        unsafe {
+            match self.law {
+                Law::Pcmu => ulaw_encode_on(self.isa, pcm, out),
+                Law::Pcma => alaw_encode_on(self.isa, pcm, out),
+            }
+        }
+    }
+
+    /// Decodes `min(codes.len(), out.len())` codes; returns that count.
+    pub fn decode(&self, codes: &[u8], out: &mut [i16]) -> usize {
+        // SAFETY: self.isa is supported (invariant, checked at construction).
+        unsafe {
+            match self.law {
+                Law::Pcmu => ulaw_decode_on(self.isa, codes, out),
+                Law::Pcma => alaw_decode_on(self.isa, codes, out),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +365,26 @@ mod tests {
                 // SAFETY: the CPU has the kernel's target feature, asserted
                 // just above.
                 unsafe { $kernel(input, out) }
+            }
+        };
+    }
+
+    /// `Compander::encode` of one (law, ISA) as a plain fn.
+    macro_rules! compander_encode {
+        ($law:ident, $isa:ident) => {
+            |pcm, out| {
+                let c = Compander::with_isa(Law::$law, Isa::$isa).expect("checked by the caller");
+                c.encode(pcm, out);
+            }
+        };
+    }
+
+    /// `Compander::decode` of one (law, ISA) as a plain fn.
+    macro_rules! compander_decode {
+        ($law:ident, $isa:ident) => {
+            |codes, out| {
+                let c = Compander::with_isa(Law::$law, Isa::$isa).expect("checked by the caller");
+                c.decode(codes, out);
             }
         };
     }
@@ -302,6 +429,22 @@ mod tests {
                 });
             }
         }
+        for isa in Isa::ALL {
+            if Compander::with_isa(law, isa).is_some() {
+                v.push(match (law, isa) {
+                    (Law::Pcmu, Isa::Scalar) => {
+                        ("compander-scalar", compander_encode!(Pcmu, Scalar))
+                    }
+                    (Law::Pcmu, Isa::Ssse3) => ("compander-ssse3", compander_encode!(Pcmu, Ssse3)),
+                    (Law::Pcmu, Isa::Avx2) => ("compander-avx2", compander_encode!(Pcmu, Avx2)),
+                    (Law::Pcma, Isa::Scalar) => {
+                        ("compander-scalar", compander_encode!(Pcma, Scalar))
+                    }
+                    (Law::Pcma, Isa::Ssse3) => ("compander-ssse3", compander_encode!(Pcma, Ssse3)),
+                    (Law::Pcma, Isa::Avx2) => ("compander-avx2", compander_encode!(Pcma, Avx2)),
+                });
+            }
+        }
         v
     }
 
@@ -339,6 +482,22 @@ mod tests {
                 v.push(match law {
                     Law::Pcmu => ("avx2", kernel!("avx2", x86::ulaw_decode_avx2)),
                     Law::Pcma => ("avx2", kernel!("avx2", x86::alaw_decode_avx2)),
+                });
+            }
+        }
+        for isa in Isa::ALL {
+            if Compander::with_isa(law, isa).is_some() {
+                v.push(match (law, isa) {
+                    (Law::Pcmu, Isa::Scalar) => {
+                        ("compander-scalar", compander_decode!(Pcmu, Scalar))
+                    }
+                    (Law::Pcmu, Isa::Ssse3) => ("compander-ssse3", compander_decode!(Pcmu, Ssse3)),
+                    (Law::Pcmu, Isa::Avx2) => ("compander-avx2", compander_decode!(Pcmu, Avx2)),
+                    (Law::Pcma, Isa::Scalar) => {
+                        ("compander-scalar", compander_decode!(Pcma, Scalar))
+                    }
+                    (Law::Pcma, Isa::Ssse3) => ("compander-ssse3", compander_decode!(Pcma, Ssse3)),
+                    (Law::Pcma, Isa::Avx2) => ("compander-avx2", compander_decode!(Pcma, Avx2)),
                 });
             }
         }
@@ -387,6 +546,49 @@ mod tests {
                     reference_encoder(law)(x),
                     "{law:?} x={x}"
                 );
+            }
+        }
+    }
+
+    /// Outputs of the STL's own `g711.c` (see tests/data/g711/README.md).
+    const STL_ULAW_COMPRESS: &[u8; 65536] =
+        include_bytes!("../../tests/data/g711/stl_ulaw_compress.u8");
+    const STL_ALAW_COMPRESS: &[u8; 65536] =
+        include_bytes!("../../tests/data/g711/stl_alaw_compress.u8");
+    const STL_ULAW_EXPAND: &[u8; 512] =
+        include_bytes!("../../tests/data/g711/stl_ulaw_expand.i16le");
+    const STL_ALAW_EXPAND: &[u8; 512] =
+        include_bytes!("../../tests/data/g711/stl_alaw_expand.i16le");
+
+    #[test]
+    fn every_path_matches_the_stl_golden_outputs() {
+        let pcm = all_samples();
+        for (law, compress, expand) in [
+            (Law::Pcmu, STL_ULAW_COMPRESS, STL_ULAW_EXPAND),
+            (Law::Pcma, STL_ALAW_COMPRESS, STL_ALAW_EXPAND),
+        ] {
+            // The transcription first: it is the oracle of the other tests.
+            let reference: Vec<u8> = pcm.iter().map(|&x| reference_encoder(law)(x)).collect();
+            assert!(
+                reference[..] == compress[..],
+                "{law:?} reference_*_encode vs STL"
+            );
+            for (name, encode) in encoders(law) {
+                let mut got = vec![0u8; pcm.len()];
+                encode(&pcm, &mut got);
+                assert!(got[..] == compress[..], "{law:?} {name} vs STL");
+            }
+            let expand: Vec<i16> = expand
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let codes: Vec<u8> = (0..=u8::MAX).collect();
+            let reference: Vec<i16> = codes.iter().map(|&c| reference_decoder(law)(c)).collect();
+            assert_eq!(reference, expand, "{law:?} reference_*_decode vs STL");
+            for (name, decode) in decoders(law) {
+                let mut got = vec![0i16; 256];
+                decode(&codes, &mut got);
+                assert_eq!(got, expand, "{law:?} {name} vs STL");
             }
         }
     }
@@ -559,6 +761,17 @@ mod tests {
     fn isa_is_detected_once_and_is_the_best_available() {
         let first = isa();
         assert_eq!(isa(), first);
+        assert!(first.is_supported());
+        assert!(Isa::Scalar.is_supported());
+        // Nothing better than the detected one is supported.
+        for better in Isa::ALL.iter().filter(|&&i| i.to_u8() > first.to_u8()) {
+            assert!(
+                !better.is_supported(),
+                "{better:?} supported but {first:?} chosen"
+            );
+        }
+        assert_eq!(Compander::new(Law::Pcma).isa(), first);
+        assert_eq!(Compander::new(Law::Pcma).law(), Law::Pcma);
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         if std::is_x86_feature_detected!("avx2") {
             assert_eq!(first, Isa::Avx2);
