@@ -558,6 +558,58 @@ mod tests {
         );
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        fn any_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u32>().prop_map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+                any::<u128>().prop_map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_range_contains_the_address_it_was_written_with(ip in any_ip(), len in 0u8..=128) {
+                let len = len.min(max_prefix(ip));
+                let r = AddressRange::parse(&format!("{ip}/{len}")).unwrap();
+                prop_assert!(r.contains(ip));
+                prop_assert!(r.contains(r.network()));
+                // Display round-trips.
+                prop_assert_eq!(r.to_string().parse::<AddressRange>().unwrap(), r);
+            }
+
+            #[test]
+            fn containment_agrees_with_overlap(a in any_ip(), la in 0u8..=128, b in any_ip(), lb in 0u8..=128) {
+                let ra = AddressRange::parse(&format!("{a}/{}", la.min(max_prefix(a)))).unwrap();
+                let rb = AddressRange::parse(&format!("{b}/{}", lb.min(max_prefix(b)))).unwrap();
+                prop_assert_eq!(ra.overlaps(&rb), rb.overlaps(&ra));
+                if ra.contains(b) {
+                    prop_assert!(ra.overlaps(&rb));
+                }
+                if !ra.overlaps(&rb) {
+                    prop_assert!(!ra.contains(b) && !rb.contains(a));
+                }
+            }
+
+            #[test]
+            fn parsing_never_panics(text in "\\PC{0,48}") {
+                let _ = AddressRange::parse(&text);
+            }
+
+            #[test]
+            fn number_matching_is_normalized_equality(a in "[+]?[0-9a-c ()-]{0,8}", b in "[+]?[0-9a-c ()-]{0,8}") {
+                let m = numbers_match(&a, &b);
+                prop_assert_eq!(m, numbers_match(&b, &a));
+                let by_norm = a == b || (is_phone_number(&a) && is_phone_number(&b)
+                    && normalize_number(&a) == normalize_number(&b));
+                prop_assert_eq!(m, by_norm);
+            }
+        }
+    }
+
     #[test]
     fn auth_and_debug_redaction() {
         let mut t = Trunk::open("ST_a", "a");
