@@ -9,7 +9,7 @@
 //! What it owns: the four conversions, one sample at a time and over slices,
 //! in three implementations that agree on every input:
 //!
-//! - [`reference`]: the ITU-T G.191 STL `g711.c` algorithms transcribed as
+//! - [`reference`](mod@reference): the ITU-T G.191 STL `g711.c` algorithms transcribed as
 //!   written (segment loops). The oracle and the bench baseline.
 //! - [`scalar`]: one table load per sample. The fallback on CPUs and
 //!   architectures without a SIMD kernel, and the single-sample functions.

@@ -24,7 +24,7 @@
 //! without pointer arguments are safe inside them), so calling one from code
 //! compiled without the feature is `unsafe`: the dispatcher does so only after
 //! `is_x86_feature_detected!`. The only `unsafe` in here is the pointer
-//! loads and stores, in [`convert_blocks`]. The two slices should have equal
+//! loads and stores, in `convert_blocks!`. The two slices should have equal
 //! length (the dispatcher cuts them to the common prefix); a kernel only
 //! `debug_assert`s it and never touches anything past the shorter one.
 
@@ -42,15 +42,13 @@ const SSE_BLOCK: usize = 16;
 /// codes.
 const AVX_BLOCK: usize = 32;
 
-/// Start offsets of the vector steps over `n` elements: `0, block, 2 * block,
-/// ...`, and finally `n - block` flush with the end (possibly overlapping the
-/// step before). Empty when `n < block`.
-fn block_starts(n: usize, block: usize) -> impl Iterator<Item = usize> {
-    let full = if n >= block { n / block } else { 0 };
-    let tail = n >= block && !n.is_multiple_of(block);
-    (0..full)
-        .map(move |k| k * block)
-        .chain(tail.then(|| n - block))
+/// The start of the vector step after the one at `i`, over `n >= block`
+/// elements: `i + block`, except that the last step is placed flush with the
+/// end, `n - block`, possibly overlapping the one before. `None` after the
+/// step that reaches `n`.
+#[inline]
+fn next_block_start(i: usize, n: usize, block: usize) -> Option<usize> {
+    (i + block < n).then(|| (i + block).min(n - block))
 }
 
 // ---------------------------------------------------------------------------
@@ -186,17 +184,22 @@ macro_rules! convert_blocks {
         if n < $block {
             $tail(&input[..n], &mut out[..n]);
         } else {
-            for i in block_starts(n, $block) {
-                // SAFETY: block_starts yields i <= n - $block, so the $block
-                // elements read from input[i..] and written to out[i..] are in
-                // bounds of both slices (each has at least n elements); the
-                // step uses unaligned loads and stores only, and needs no CPU
-                // feature beyond the enclosing kernel's, which its caller
-                // guarantees.
+            let mut i = 0;
+            loop {
+                // SAFETY: i <= n - $block (i starts at 0 and next_block_start
+                // never goes past n - $block), so the $block elements read
+                // from input[i..] and written to out[i..] are in bounds of
+                // both slices (each has at least n elements); the step uses
+                // unaligned loads and stores only, and needs no CPU feature
+                // beyond the enclosing kernel's, which its caller guarantees.
                 unsafe {
                     let $p = input.as_ptr().add(i);
                     let $o = out.as_mut_ptr().add(i);
                     $step
+                }
+                match next_block_start(i, n, $block) {
+                    Some(next) => i = next,
+                    None => break,
                 }
             }
         }
@@ -204,6 +207,7 @@ macro_rules! convert_blocks {
 }
 
 /// SSSE3 mu-law encode.
+///
 /// `pcm` and `out` should have equal length; only the common prefix is
 /// written.
 #[target_feature(enable = "ssse3")]
@@ -379,6 +383,7 @@ fn alaw_decode_256(c: __m256i) -> __m256i {
 
 /// AVX2 mu-law encode. Slices shorter than one 32-sample step take the SSSE3
 /// path (AVX2 implies SSSE3).
+///
 /// `pcm` and `out` should have equal length; only the common prefix is
 /// written.
 #[target_feature(enable = "avx2")]
@@ -430,27 +435,38 @@ pub(super) fn alaw_decode_avx2(codes: &[u8], out: &mut [i16]) {
 mod tests {
     use super::*;
 
+    /// Every start offset the kernels visit for `n` elements.
+    fn starts(n: usize, block: usize) -> Vec<usize> {
+        let mut v = vec![0];
+        while let Some(next) = next_block_start(*v.last().unwrap(), n, block) {
+            v.push(next);
+        }
+        v
+    }
+
     #[test]
-    fn block_starts_cover_every_element_once_or_overlap_at_the_end() {
-        assert_eq!(block_starts(0, 16).count(), 0);
-        assert_eq!(block_starts(15, 16).count(), 0);
-        assert_eq!(block_starts(16, 16).collect::<Vec<_>>(), [0]);
-        assert_eq!(block_starts(17, 16).collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(
-            block_starts(160, 32).collect::<Vec<_>>(),
-            [0, 32, 64, 96, 128]
-        );
-        assert_eq!(
-            block_starts(161, 32).collect::<Vec<_>>(),
-            [0, 32, 64, 96, 128, 129]
-        );
-        for n in 16..300 {
-            let mut hit = vec![false; n];
-            for i in block_starts(n, 16) {
-                assert!(i + 16 <= n);
-                hit[i..i + 16].iter_mut().for_each(|h| *h = true);
+    fn steps_cover_every_element_and_overlap_only_at_the_end() {
+        assert_eq!(starts(16, 16), [0]);
+        assert_eq!(starts(17, 16), [0, 1]);
+        assert_eq!(starts(160, 32), [0, 32, 64, 96, 128]);
+        assert_eq!(starts(161, 32), [0, 32, 64, 96, 128, 129]);
+        for block in [16, 32] {
+            for n in block..400 {
+                let mut hits = vec![0u8; n];
+                let starts = starts(n, block);
+                for &i in &starts {
+                    assert!(i + block <= n, "n={n}");
+                    hits[i..i + block].iter_mut().for_each(|h| *h += 1);
+                }
+                assert!(hits.iter().all(|&h| h >= 1), "n={n} not covered");
+                // Only the last step may overlap, and only the one before it.
+                assert!(starts
+                    .windows(2)
+                    .rev()
+                    .skip(1)
+                    .all(|w| w[1] == w[0] + block));
+                assert_eq!(starts.len(), n.div_ceil(block), "n={n}");
             }
-            assert!(hit.iter().all(|&h| h), "n={n}");
         }
     }
 }
