@@ -163,10 +163,14 @@ impl Shard {
                         ep.handle_media_failed(now, &call);
                     }
                 }
-                Output::MediaClose { call } => {
+                Output::MediaStart(_spec) => {
+                    // The media engine (rooms, mixing) takes the call here.
+                }
+                Output::MediaClose { call, record } => {
                     let mut media = self.media.borrow_mut();
                     media.remove(&call);
                     self.counters.media_open.set(media.len() as u64);
+                    record.log(&crate::sip::endpoint::MediaFigures::default());
                 }
                 Output::Idle(deadline) => {
                     self.set_deadline(deadline);

@@ -1499,7 +1499,7 @@ impl Endpoint {
 
     /// Shutdown begun and every call ended (BYEs answered or timed out).
     pub fn is_drained(&self) -> bool {
-        self.shutting_down && self.calls.is_empty() && self.tx.client_len() == 0
+        self.shutting_down && self.calls.is_empty() && self.tx.client_pending() == 0
     }
 
     /// No RTP from the caller for the media timeout: end the call with BYE.

@@ -191,9 +191,9 @@ impl Transactions {
         self.len() == 0
     }
 
-    /// Live client transactions (BYEs in flight).
-    pub fn client_len(&self) -> usize {
-        self.client.len()
+    /// Client transactions still waiting for a final response (BYEs in flight).
+    pub fn client_pending(&self) -> usize {
+        self.client.values().filter(|t| !t.done).count()
     }
 
     fn arm(&mut self, at: Instant, key: &TxKey, kind: TimerKind) {
