@@ -622,11 +622,6 @@ impl Resolver<'_, '_> {
             }
             None => None,
         };
-        if let Some(p) = &raw.port {
-            if *p.get_ref() == 0 {
-                return Err(self.src.error(p.span(), "sip.port", Problem::Zero));
-            }
-        }
         let udp = value_or(&raw.udp, true);
         let tcp = value_or(&raw.tcp, true);
         if !udp && !tcp {
@@ -1311,6 +1306,9 @@ mod tests {
     fn empty_file_is_valid_and_routes_nothing() {
         let c = Config::from_str("", "empty.toml").unwrap();
         assert!(c.trunks.is_empty() && c.dispatch_rules.is_empty());
+        // Port 0: the system picks a free port (tests); metrics off.
+        let c = Config::from_str("[sip]\nport = 0\n[metrics]\nport = 0\n", "zero.toml").unwrap();
+        assert_eq!((c.sip.port, c.metrics.port), (0, 0));
     }
 
     #[test]
