@@ -9,8 +9,9 @@
 //! What it owns: the four conversions, one sample at a time and over slices,
 //! in three implementations that agree on every input:
 //!
-//! - [`reference`](mod@reference): the ITU-T G.191 STL `g711.c` algorithms transcribed as
-//!   written (segment loops). The oracle and the bench baseline.
+//! - [`reference`](mod@reference): the ITU-T G.191 STL `g711.c` algorithms
+//!   transcribed as written (segment loops). The oracle and the bench
+//!   baseline.
 //! - [`scalar`]: one table load per sample. The fallback on CPUs and
 //!   architectures without a SIMD kernel, and the single-sample functions.
 //! - `x86`: SSSE3 and AVX2 kernels, chosen at run time by [`isa`].
@@ -19,15 +20,32 @@
 //! leg keeps a [`Compander`]: its law and ISA fixed once, so a payload is one
 //! call whatever the law, and tests or benchmarks can pin an ISA.
 //!
+//! ```
+//! use switchboard::codec::g711::{Compander, Law, FRAME_SAMPLES};
+//!
+//! let leg = Compander::new(Law::Pcmu);
+//! let frame = [0i16; FRAME_SAMPLES];
+//! let mut payload = [0u8; FRAME_SAMPLES];
+//! assert_eq!(leg.encode(&frame, &mut payload), FRAME_SAMPLES);
+//! assert!(payload.iter().all(|&code| code == Law::Pcmu.silence()));
+//!
+//! let mut decoded = [1i16; FRAME_SAMPLES];
+//! assert_eq!(leg.decode(&payload, &mut decoded), FRAME_SAMPLES);
+//! assert_eq!(decoded, frame);
+//! ```
+//!
 //! Bit-exact means "equal to the STL", which is what G.711 conformance is
-//! tested against. Two details make the STL differ from the widespread Sun /
-//! CCITT `g711.c` (`linear2ulaw`): negative samples are folded with the one's
-//! complement (`-1` encodes to 0x7F, not 0x7E), and the encoder only looks at
-//! the top 14 (mu-law) or 13 (A-law) bits of the 16-bit sample. The decoders
+//! tested against. The encoders look only at the top 14 (mu-law) or 13
+//! (A-law) bits of the 16-bit sample, and fold negative samples with the one's
+//! complement *before* dropping the low bits. The widespread Sun / CCITT
+//! `g711.c` (`linear2ulaw`) shifts first and then negates, so it disagrees
+//! with the STL at one edge of every negative interval (508 of the 65536
+//! inputs): it encodes -1..=-4 as mu-law 0x7E where the STL, and this
+//! module, give 0x7F. The decoders
 //! return the middle of each quantisation interval, left-justified in 16 bits
-//! (mu-law 0x00 -> -32124, A-law 0xD5 -> 8). Neither the STL nor we apply
-//! the "zero code suppression" of G.711 s2 note: 0x00 is emitted for
-//! `i16::MIN`.
+//! (mu-law 0x00 -> -32124, A-law 0xD5 -> 8). Like the STL, no zero-code trap
+//! (the optional `ZEROTRAP` of some mu-law encoders, a T1 ones-density
+//! practice) is applied: `i16::MIN` encodes to mu-law 0x00.
 //!
 //! The slice functions convert `min(input.len(), out.len())` samples and
 //! return that count: a short buffer never panics, and the caller sees how much
@@ -126,6 +144,23 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Every ISA, slowest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Ssse3, Isa::Avx2];
+
+    /// Whether this CPU can run the kernels of `self` ([`Isa::Scalar`]
+    /// always).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Ssse3 => std::is_x86_feature_detected!("ssse3"),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+            Isa::Ssse3 | Isa::Avx2 => false,
+        }
+    }
+
     const fn to_u8(self) -> u8 {
         match self {
             Isa::Scalar => 1,
@@ -165,35 +200,11 @@ pub fn isa() -> Isa {
 
 #[cold]
 fn detect_isa() -> Isa {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            return Isa::Avx2;
-        }
-        if std::is_x86_feature_detected!("ssse3") {
-            return Isa::Ssse3;
-        }
-    }
-    Isa::Scalar
-}
-
-impl Isa {
-    /// Every ISA, slowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Ssse3, Isa::Avx2];
-
-    /// Whether this CPU can run the kernels of `self` ([`Isa::Scalar`]
-    /// always).
-    pub fn is_supported(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Isa::Ssse3 => std::is_x86_feature_detected!("ssse3"),
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Isa::Avx2 => std::is_x86_feature_detected!("avx2"),
-            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            Isa::Ssse3 | Isa::Avx2 => false,
-        }
-    }
+    Isa::ALL
+        .into_iter()
+        .rev()
+        .find(|isa| isa.is_supported())
+        .unwrap_or(Isa::Scalar)
 }
 
 /// Runs the `$isa` kernel over the common prefix of `$input` and `$out`, and
