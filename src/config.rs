@@ -492,11 +492,8 @@ fn key_at(text: &str, offset: usize) -> String {
                 // An unknown top-level table (`[livekit]`): the table is the key.
                 return table;
             }
-        } else if let Some((k, _)) = line.split_once('=') {
-            let k = k.trim().trim_matches(|c| c == '"' || c == '\'');
-            if !k.is_empty() {
-                last_key = Some(k.to_string());
-            }
+        } else if let Some(k) = line.split_once('=').and_then(|(k, _)| key_name(k.trim())) {
+            last_key = Some(k.to_string());
         }
         if is_error_line {
             return match (&last_key, table.is_empty()) {
@@ -520,16 +517,41 @@ fn indexed_table(name: &str, counts: &HashMap<String, usize>) -> String {
     }
 }
 
+/// The key of a `key = value` line: a bare key, or a quoted one without its
+/// quotes. `None` for text that cannot be a key (the inside of a multi-line
+/// array such as `"a=b",`).
+fn key_name(k: &str) -> Option<&str> {
+    let quoted = |q: char| {
+        k.strip_prefix(q)
+            .and_then(|r| r.strip_suffix(q))
+            .filter(|r| !r.contains(q))
+    };
+    if let Some(inner) = quoted('"').or_else(|| quoted('\'')) {
+        return Some(inner);
+    }
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    bare.then_some(k)
+}
+
 /// A line without its `#` comment (a `#` inside a quoted string is kept).
 fn strip_comment(line: &str) -> &str {
     let mut quote: Option<char> = None;
+    let mut escaped = false;
     for (i, c) in line.char_indices() {
         match (quote, c) {
             (None, '#') => return &line[..i],
             (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
+            // Basic strings ("...") have backslash escapes; literal ones do not.
+            (Some('"'), '\\') if !escaped => {
+                escaped = true;
+                continue;
+            }
+            (Some(q), c) if c == q && !escaped => quote = None,
             _ => {}
         }
+        escaped = false;
     }
     line
 }
@@ -1501,6 +1523,15 @@ trunk_ids = ["ST_a"]
         assert_eq!(at("3,"), "trunks[1].numbers");
         assert_eq!(at("k ="), "trunks[1].attributes.k");
         assert_eq!(strip_comment("a = \"#x\" # c"), "a = \"#x\" ");
+        assert_eq!(strip_comment(r#"a = "q\" #x" # c"#), r#"a = "q\" #x" "#);
+        assert_eq!(strip_comment("a = '\\' # c"), "a = '\\' ");
+        let multi = "[[trunks]]\nnumbers = [\n  \"a=b\",\n  3,\n]\n";
+        assert_eq!(
+            key_at(multi, multi.find("3,").unwrap()),
+            "trunks[0].numbers"
+        );
+        assert_eq!(key_name("\"sip.x\""), Some("sip.x"));
+        assert_eq!(key_name("\"a"), None);
     }
 
     #[test]
