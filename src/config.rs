@@ -50,7 +50,7 @@ name = "dev"
 id = "SDR_dev"
 name = "dev"
 type = "callee"
-room_prefix = "call"
+room_prefix = "call-"
 "#;
 
 /// The resolved configuration.
@@ -1216,7 +1216,7 @@ mod tests {
         assert_eq!(
             r.kind,
             RuleKind::Callee {
-                room_prefix: "call".into(),
+                room_prefix: "call-".into(),
                 randomize: false
             }
         );
@@ -1263,7 +1263,7 @@ mod tests {
         let d = routing::dispatch(&c.dispatch_rules, trunk, &call, &mut rng).unwrap();
         assert_eq!(
             (d.rule_id.as_str(), d.room.as_str()),
-            ("SDR_main", "call_+15550100")
+            ("SDR_main", "call-+15550100")
         );
         // The conference number: the PIN rule ranks first and asks for its PIN.
         let conf_call = InboundCall {
@@ -1352,7 +1352,7 @@ mod tests {
         assert_eq!(
             r.kind,
             RuleKind::Callee {
-                room_prefix: "call".into(),
+                room_prefix: "call-".into(),
                 randomize: false
             }
         );
@@ -1373,7 +1373,7 @@ mod tests {
                     .room,
             );
         }
-        assert_eq!(rooms, ["call_+15550100", "call_+15550100"]);
+        assert_eq!(rooms, ["call-+15550100", "call-+15550100"]);
     }
 
     /// Every `bad_*.toml` starts with `# expect: <the exact message>`.

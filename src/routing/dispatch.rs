@@ -301,11 +301,10 @@ fn evaluate(
             room_prefix,
             randomize,
         } => {
-            let mut room = if room_prefix.is_empty() {
-                call.callee.to_string()
-            } else {
-                format!("{room_prefix}_{}", call.callee)
-            };
+            // Callee rooms are prefix + number with no separator (livekit-cli's
+            // listing shows `RoomPrefix + "<callee>"`, individual rooms
+            // `RoomPrefix + "_<caller>_<random>"`).
+            let mut room = format!("{room_prefix}{}", call.callee);
             if *randomize {
                 room.push('_');
                 push_suffix(&mut room, rng);
@@ -414,7 +413,7 @@ mod tests {
         let room = |rule: DispatchRule| dispatch(&[rule], &trunk, &c, &mut rng()).unwrap().room;
 
         assert_eq!(room(direct("SDR_d", "lobby")), "lobby");
-        assert_eq!(room(callee("SDR_c", "call", false)), "call_+15550100");
+        assert_eq!(room(callee("SDR_c", "call-", false)), "call-+15550100");
         assert_eq!(room(callee("SDR_c", "", false)), "+15550100");
         assert_eq!(room(individual("SDR_i", "call", true)), "call_+15550123");
         // LiveKit writes the separator even for an empty prefix.
@@ -424,8 +423,8 @@ mod tests {
         let suffix = r.strip_prefix("call_+15550123_").expect(&r);
         assert!(is_suffix(suffix), "{r}");
 
-        let r = room(callee("SDR_c", "call", true));
-        let suffix = r.strip_prefix("call_+15550100_").expect(&r);
+        let r = room(callee("SDR_c", "call-", true));
+        let suffix = r.strip_prefix("call-+15550100_").expect(&r);
         assert!(is_suffix(suffix), "{r}");
     }
 
