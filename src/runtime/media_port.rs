@@ -11,8 +11,10 @@
 //!
 //! Owns: the per-call RTP and RTCP sockets and their reader tasks.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use glommio::task::JoinHandle;
@@ -57,6 +59,8 @@ pub struct MediaPort {
     local: SocketAddr,
     rtp: JoinHandle<()>,
     rtcp: JoinHandle<()>,
+    /// RTP packets and bytes received on this port (for the call record).
+    received: Rc<(Cell<u64>, Cell<u64>)>,
 }
 
 #[derive(Clone, Copy)]
@@ -69,6 +73,7 @@ fn drain(
     socket: glommio::net::UdpSocket,
     kind: Kind,
     counters: Arc<ShardCounters>,
+    received: Rc<(Cell<u64>, Cell<u64>)>,
 ) -> JoinHandle<()> {
     glommio::spawn_local(async move {
         // One buffer per socket, reused for every packet.
@@ -79,12 +84,15 @@ fn drain(
                     Kind::Rtp => {
                         counters.rtp_packets_in.inc();
                         counters.rtp_bytes_in.add(n as u64);
+                        received.0.set(received.0.get() + 1);
+                        received.1.set(received.1.get() + n as u64);
                     }
                     Kind::Rtcp => counters.rtcp_packets_in.inc(),
                 },
                 // ICMP errors surface here on some kernels; keep reading.
                 Err(_) => glommio::timer::sleep(std::time::Duration::from_millis(1)).await,
             }
+            glommio::yield_if_needed().await;
         }
     })
     .detach()
@@ -107,14 +115,35 @@ impl MediaPort {
         // Bind both before starting either reader: a half-open pair never exists.
         let rtp = bind_rtp(local)?;
         let rtcp = bind_rtp(rtcp_addr)?;
-        let rtp = drain(into_glommio_udp(rtp), Kind::Rtp, Arc::clone(&counters));
-        let rtcp = drain(into_glommio_udp(rtcp), Kind::Rtcp, counters);
-        Ok(MediaPort { local, rtp, rtcp })
+        let received = Rc::new((Cell::new(0), Cell::new(0)));
+        let rtp = drain(
+            into_glommio_udp(rtp),
+            Kind::Rtp,
+            Arc::clone(&counters),
+            Rc::clone(&received),
+        );
+        let rtcp = drain(
+            into_glommio_udp(rtcp),
+            Kind::Rtcp,
+            counters,
+            Rc::clone(&received),
+        );
+        Ok(MediaPort {
+            local,
+            rtp,
+            rtcp,
+            received,
+        })
     }
 
     /// The RTP address (RTCP is the next port).
     pub fn local(&self) -> SocketAddr {
         self.local
+    }
+
+    /// RTP packets and bytes received so far.
+    pub fn received(&self) -> (u64, u64) {
+        (self.received.0.get(), self.received.1.get())
     }
 }
 
@@ -171,6 +200,7 @@ mod tests {
                 }
                 assert_eq!(counters.rtp_packets_in.get(), 3);
                 assert_eq!(counters.rtp_bytes_in.get(), 36);
+                assert_eq!(port.received(), (3, 36));
                 tx.send_to(&[0x81, 200, 0, 1, 0, 0, 0, 1], rtcp).unwrap();
                 for _ in 0..200 {
                     if counters.rtcp_packets_in.get() == 1 {

@@ -64,6 +64,10 @@ pub enum RuntimeError {
     ShardFailed { shard: usize, reason: String },
 }
 
+/// See `LocalExecutorBuilder::preempt_timer`; SIP timers are 500 ms-scale,
+/// RTP packets 20 ms apart.
+const PREEMPT_TIMER: Duration = Duration::from_millis(10);
+
 /// Tunables of the drivers (not of the protocols). `Default` is production.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -339,6 +343,9 @@ pub fn start_with(
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard{shard}"))
             .io_memory(system::IO_MEMORY_PER_SHARD)
+            // How long one task may run before `yield_if_needed` yields: bounds
+            // how late a timer fires while a socket is flooded (default 100 ms).
+            .preempt_timer(PREEMPT_TIMER)
             .spawn(move || shard::run(start));
         match spawned {
             Ok(h) => running.handles.push((shard, h)),

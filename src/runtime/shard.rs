@@ -31,7 +31,9 @@ use super::mesh::{self, Mesh, MeshError, ShardMsg};
 use super::sip_transport::{self, Connections, QueueError, ShardSockets, MAX_DATAGRAM};
 use super::{Limits, ShardCounters, StopFlags};
 use crate::config::Config;
-use crate::sip::endpoint::{CallKey, Endpoint, Inbound, Output, Peer, Transmit, Transport};
+use crate::sip::endpoint::{
+    CallKey, Endpoint, Inbound, MediaFigures, Output, Peer, Transmit, Transport,
+};
 
 /// Outputs taken in one drain before the shard lets other tasks run; only an
 /// endpoint bug gets near it.
@@ -168,9 +170,16 @@ impl Shard {
                 }
                 Output::MediaClose { call, record } => {
                     let mut media = self.media.borrow_mut();
-                    media.remove(&call);
+                    let port = media.remove(&call);
                     self.counters.media_open.set(media.len() as u64);
-                    record.log(&crate::sip::endpoint::MediaFigures::default());
+                    // Until the RTP core lands, the port's own counts are the
+                    // media half of the call record.
+                    let (packets_in, bytes_in) = port.map_or((0, 0), |p| p.received());
+                    record.log(&MediaFigures {
+                        packets_in,
+                        bytes_in,
+                        ..MediaFigures::default()
+                    });
                 }
                 Output::Idle(deadline) => {
                     self.set_deadline(deadline);
@@ -352,6 +361,9 @@ async fn udp_recv_loop(shard: Rc<Shard>, socket: Rc<UdpSocket>, local: SocketAdd
                     conn: None,
                 };
                 shard.on_inbound(Inbound::new(peer, data, received));
+                // While datagrams keep coming, recv never waits: give the timer,
+                // the stop watcher and TCP their turn when the time slice is up.
+                glommio::yield_if_needed().await;
             }
             Err(e) => {
                 shard.counters.udp_recv_errors.inc();
@@ -383,6 +395,7 @@ async fn udp_send_loop(
                 }
             }
         }
+        glommio::yield_if_needed().await;
     }
 }
 
@@ -399,6 +412,27 @@ async fn join_mesh(
         Err("the other shards did not join the mesh in time".to_string())
     };
     futures_lite::future::or(mesh::join(builder), give_up).await
+}
+
+/// Stops every shard when this one ends abnormally (an error return or a
+/// panic): a gateway missing a shard loses a share of its SIP traffic, so it
+/// must exit and be restarted (systemd `Restart=on-failure`).
+struct FailGuard {
+    stop: Arc<StopFlags>,
+    clean: bool,
+}
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if !self.clean {
+            if std::thread::panicking() {
+                error!("shard panicked; stopping all shards");
+            } else {
+                error!("shard failed; stopping all shards");
+            }
+            self.stop.abort.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A shard's life: join the mesh, start the tasks, serve until told to stop,
@@ -420,6 +454,10 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     // entered across awaits: no other shard's task is ever polled here.
     let span = tracing::info_span!("shard", shard = id);
     let _entered = span.enter();
+    let mut guard = FailGuard {
+        stop: Arc::clone(&stop),
+        clean: false,
+    };
 
     let (mesh, receivers) = match mesh {
         Some(b) => {
@@ -497,6 +535,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
             glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
                     shard.on_mesh(msg);
+                    glommio::yield_if_needed().await;
                 }
             })
             .detach();
@@ -552,6 +591,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         m.close();
     }
     shard.media.borrow_mut().clear();
+    guard.clean = true;
     Ok(())
 }
 

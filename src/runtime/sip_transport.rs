@@ -700,6 +700,7 @@ async fn read_conn(
                 }
             }
         }
+        glommio::yield_if_needed().await;
     };
     debug!(remote = %peer.remote, id, why, "TCP connection closing");
     shard.close_conn(id);
@@ -724,6 +725,7 @@ async fn write_conn(
         }
         shard.counters.tcp_bytes_out.add(data.len() as u64);
         last_activity.set(Instant::now());
+        glommio::yield_if_needed().await;
     }
     let _ = writer.close().await;
 }
