@@ -506,8 +506,8 @@ fn s3_1_2_8_lwsruri_lws_in_request_uri() {
     refused_with("lwsruri", 400);
 }
 
-/// s3.1.2.9: several SP between Request-Line elements -> may be rejected with 400;
-/// the brief wants a strict parser.
+/// s3.1.2.9: several SP between Request-Line elements -> 400. The RFC also lets a
+/// liberal element accept it; we are strict (RFC 3261 s25.1: exactly one SP).
 #[test]
 fn s3_1_2_9_lwsstart_multiple_sp_in_request_line() {
     refused_with("lwsstart", 400);
