@@ -228,23 +228,24 @@ impl Running {
     pub fn abort(&self) {
         self.stop.abort.store(true, Ordering::Relaxed);
     }
-    /// Wait for every shard to stop. The first shard error is returned.
+    /// Wait for every shard to stop. On failure the root cause is returned: an
+    /// executor that could not start or panicked, before a shard's own error
+    /// (which may only be "the others did not join the mesh").
     pub fn join(self) -> Result<(), RuntimeError> {
-        let mut first = None;
+        let mut executor_error = None;
+        let mut shard_error = None;
         for (shard, h) in self.handles {
-            let r = match h.join() {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(reason)) => Err(reason),
-                Err(e) => Err(e.to_string()),
+            let (reason, slot) = match h.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(reason)) => (reason, &mut shard_error),
+                Err(e) => (e.to_string(), &mut executor_error),
             };
-            if let Err(reason) = r {
-                warn!(shard, %reason, "shard failed");
-                // One failed shard means the others cannot complete the mesh.
-                self.stop.abort.store(true, Ordering::Relaxed);
-                first.get_or_insert(RuntimeError::ShardFailed { shard, reason });
-            }
+            warn!(shard, %reason, "shard failed");
+            // One failed shard means the others cannot complete the mesh.
+            self.stop.abort.store(true, Ordering::Relaxed);
+            slot.get_or_insert(RuntimeError::ShardFailed { shard, reason });
         }
-        match first {
+        match executor_error.or(shard_error) {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -343,6 +343,7 @@ async fn udp_recv_loop(shard: Rc<Shard>, socket: Rc<UdpSocket>, local: SocketAdd
         match socket.recv_from(&mut buf).await {
             Ok((n, remote)) => {
                 let received = Instant::now();
+                let remote = sip_transport::canonical(remote);
                 shard.counters.udp_datagrams_in.inc();
                 shard.counters.udp_bytes_in.add(n as u64);
                 let bytes = &buf[..n];
@@ -379,10 +380,14 @@ async fn udp_recv_loop(shard: Rc<Shard>, socket: Rc<UdpSocket>, local: SocketAdd
 async fn udp_send_loop(
     shard: Rc<Shard>,
     socket: Rc<UdpSocket>,
+    local: SocketAddr,
     queue: LocalReceiver<(SocketAddr, Bytes)>,
 ) {
     while let Some((to, data)) = queue.recv().await {
-        match socket.send_to(&data, to).await {
+        match socket
+            .send_to(&data, sip_transport::for_socket(to, local))
+            .await
+        {
             Ok(n) => {
                 shard.counters.udp_datagrams_out.inc();
                 shard.counters.udp_bytes_out.add(n as u64);
@@ -522,7 +527,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     glommio::spawn_local(timer_loop(Rc::clone(&shard), kick_rx)).detach();
     if let (Some((socket, local)), Some(rx)) = (udp, udp_out_rx) {
         glommio::spawn_local(udp_recv_loop(Rc::clone(&shard), Rc::clone(&socket), local)).detach();
-        glommio::spawn_local(udp_send_loop(Rc::clone(&shard), socket, rx)).detach();
+        glommio::spawn_local(udp_send_loop(Rc::clone(&shard), socket, local, rx)).detach();
     }
     if let Some(s) = sockets.tcp {
         let listener = sip_transport::into_glommio_listener(s);

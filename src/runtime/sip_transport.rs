@@ -225,6 +225,24 @@ pub fn bind_sip(
     }))
 }
 
+/// A dual-stack socket (bound to `::`) reports IPv4 peers as `::ffff:a.b.c.d`;
+/// the endpoint sees them as the IPv4 addresses they are, so trunk address
+/// lists, Via `received=` and logs read naturally.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The reverse of [`canonical`] for sending: an IPv4 destination on an IPv6
+/// socket must be written as IPv4-mapped, or the kernel refuses it.
+pub fn for_socket(dest: SocketAddr, local: SocketAddr) -> SocketAddr {
+    match (dest, local) {
+        (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        _ => dest,
+    }
+}
+
 /// Hand a bound socket2 UDP socket to this thread's glommio reactor.
 /// Must run inside an executor.
 pub fn into_glommio_udp(s: Socket) -> UdpSocket {
@@ -526,7 +544,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Ok(stream) => {
                 let now = Instant::now();
                 let (remote, local) = match (stream.peer_addr(), stream.local_addr()) {
-                    (Ok(r), Ok(l)) => (r, l),
+                    (Ok(r), Ok(l)) => (canonical(r), canonical(l)),
                     _ => continue, // reset before we looked: nothing to serve
                 };
                 if shard.conns.borrow().len() >= shard.limits.tcp_max_conns {
@@ -582,7 +600,7 @@ pub fn connect(shard: &Rc<Shard>, remote: SocketAddr, first: Bytes) {
                 if !shard.conns.borrow().contains(tasks.id) {
                     return; // closed (shutdown, sweep) while connecting
                 }
-                let Ok(local) = stream.local_addr() else {
+                let Ok(local) = stream.local_addr().map(canonical) else {
                     shard.close_conn(tasks.id);
                     return;
                 };
@@ -903,6 +921,20 @@ Content-Length: 10\r\n\r\nv=0\r\no=x\r\n";
         // And a second switchboard on that port is refused, not let in.
         let err = bind_sip(s.udp_addr.unwrap(), 1, true, true).unwrap_err();
         assert!(err.in_use());
+    }
+
+    #[test]
+    fn v4_mapped_peers_are_seen_as_v4_and_sent_to_as_mapped() {
+        let mapped: SocketAddr = "[::ffff:203.0.113.7]:5060".parse().unwrap();
+        let v4: SocketAddr = "203.0.113.7:5060".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        let any6: SocketAddr = "[::]:5060".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:5060".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v6), v6);
+        assert_eq!(for_socket(v4, any6), mapped);
+        assert_eq!(for_socket(v4, any4), v4);
+        assert_eq!(for_socket(v6, any6), v6);
     }
 
     #[test]
