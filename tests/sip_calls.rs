@@ -1,0 +1,580 @@
+//! SIP calls against a real `switchboard` process, placed by a real peer: sipp.
+//!
+//! Each test starts its own server (`tests/common`) on its own 127.0.0.1 ports with a
+//! TOML config made for it, runs one sipp scenario from `tests/sipp/` with a time
+//! limit, checks sipp's exit code and its statistics (successful / failed calls), and
+//! stops the server with SIGTERM, which must end it cleanly within 5 s.
+//!
+//! What is covered, by behaviour: a whole call over UDP and over TCP; CANCEL while
+//! ringing; refusals (404 number not served, 403 source address not allowed, 488 no
+//! common codec); digest authentication (401 then success); a retransmitted INVITE
+//! making one call, not two; calls over a lossy link (sipp drops 10 % of messages
+//! both ways); a load of 50 calls/s for 20 s with no failed call; and a set of broken
+//! requests (tests/data/sip/malformed) that must get 400 or be dropped, after which
+//! the server still answers OPTIONS.
+//!
+//! Without sipp these tests say loudly that they were skipped; with `CI` set a missing
+//! sipp fails them (see `common::sipp_or_skip`).
+
+mod common;
+
+use std::io::Write as _;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The trunks of the task's reference config: one open trunk (any number), one with
+/// digest auth, one that only admits 192.0.2.0/24 (so 127.0.0.1 gets 403).
+const TRUNKS: &str = r#"
+[[trunks]]
+id = "ST_auth"
+numbers = ["+15550200"]
+auth_username = "alice"
+auth_password = "s3cret"
+
+[[trunks]]
+id = "ST_locked"
+numbers = ["+15550300"]
+allowed_addresses = ["192.0.2.0/24"]
+
+[[trunks]]
+id = "ST_open"
+numbers = []
+
+[[dispatch_rules]]
+id = "SDR_callee"
+type = "callee"
+room_prefix = "call-"
+"#;
+
+/// A config with the given extra `[sip]` keys and trunks section.
+fn config(sip_extra: &str, trunks: &str) -> String {
+    format!(
+        r#"
+[server]
+shards = 2
+
+[sip]
+bind = "127.0.0.1"
+port = @SIP_PORT@
+{sip_extra}
+
+[rtp]
+port_min = @RTP_MIN@
+port_max = @RTP_MAX@
+media_timeout_secs = 30
+
+[shutdown]
+grace_secs = 3
+
+[metrics]
+port = 0
+{trunks}
+"#
+    )
+}
+
+/// Start sipp's side and the server; `None` when sipp is missing (skipped loudly).
+struct Setup {
+    sipp: std::path::PathBuf,
+    scratch: Scratch,
+    ports: Ports,
+    server: Server,
+}
+
+fn setup(test: &str, config_template: &str, rtp_ports: u32) -> Option<Setup> {
+    let sipp = sipp_or_skip(test)?;
+    let scratch = Scratch::new(test);
+    let ports = Ports::alloc(rtp_ports);
+    let server = Server::start(&scratch, config_template, &ports);
+    Some(Setup {
+        sipp,
+        scratch,
+        ports,
+        server,
+    })
+}
+
+impl Setup {
+    fn run(&self, sipp: &Sipp, name: &str) -> SippRun {
+        sipp.run(&self.sipp, &self.scratch, &self.ports, name)
+    }
+
+    fn stop(self) {
+        self.server.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Calls that are answered
+// ---------------------------------------------------------------------------
+
+fn whole_call(test: &str, transport: SippTransport) {
+    let Some(s) = setup(test, &config("", TRUNKS), 100) else {
+        return;
+    };
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_call.xml"))
+            .transport(transport)
+            .calls(3, 5, 3)
+            .pause_ms(1000)
+            .called("+15550100"),
+        "uac_call",
+    );
+    run.assert_all_succeeded(&s.server, 3);
+    // Every call was answered by switchboard and ended by our BYE.
+    let answered = s.server.log_lines_with(&["call answered"]).len();
+    if answered != 3 {
+        s.server.fail(&format!(
+            "expected 3 'call answered' log lines, saw {answered}"
+        ));
+    }
+    s.stop();
+}
+
+#[test]
+fn call_over_udp_is_answered_and_hung_up() {
+    whole_call("call_over_udp", SippTransport::Udp);
+}
+
+#[test]
+fn call_over_tcp_is_answered_and_hung_up() {
+    whole_call("call_over_tcp", SippTransport::Tcp);
+}
+
+/// sipp's digest `uri` defaults to `sip:host:port`; RFC 2617 s3.2.2.5 has the server
+/// check that it names the Request-URI (switchboard does), so give sipp the real one.
+fn auth_uri(s: &Setup) -> String {
+    // sipp puts the `sip:` in front itself.
+    format!("+15550200@127.0.0.1:{}", s.ports.sip)
+}
+
+#[test]
+fn digest_challenge_then_authenticated_call() {
+    let Some(s) = setup("digest_auth", &config("", TRUNKS), 100) else {
+        return;
+    };
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_auth.xml"))
+            .called("+15550200")
+            .pause_ms(500)
+            .arg("-auth_uri")
+            .arg(&auth_uri(&s))
+            .arg("-au")
+            .arg("alice")
+            .arg("-ap")
+            .arg("s3cret"),
+        "uac_auth",
+    );
+    run.assert_all_succeeded(&s.server, 1);
+    s.stop();
+}
+
+#[test]
+fn digest_with_wrong_password_is_refused() {
+    let Some(s) = setup("digest_wrong_password", &config("", TRUNKS), 100) else {
+        return;
+    };
+    // The wrong password must not get a 200: sipp's scenario then fails at its
+    // `recv 200` (unexpected 401/403), so we expect exactly one failed call.
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_auth.xml"))
+            .called("+15550200")
+            .pause_ms(200)
+            .timeout(Duration::from_secs(15))
+            .arg("-auth_uri")
+            .arg(&auth_uri(&s))
+            .arg("-au")
+            .arg("alice")
+            .arg("-ap")
+            .arg("wrong"),
+        "uac_auth_wrong",
+    );
+    let stats = run.stats.clone().unwrap_or_default();
+    if run.exit_code != Some(1) || stats.failed != 1 || stats.successful != 0 {
+        s.server.fail(&format!(
+            "a wrong password must fail the call\n{}",
+            run.report()
+        ));
+    }
+    let refused = run
+        .received()
+        .iter()
+        .filter(|m| m.starts_with("SIP/2.0 401") || m.starts_with("SIP/2.0 403"))
+        .count();
+    if refused < 2 {
+        s.server.fail(&format!(
+            "expected the authenticated INVITE to be refused with 401/403 too\n{}",
+            run.report()
+        ));
+    }
+    s.stop();
+}
+
+#[test]
+fn retransmitted_invite_makes_one_call() {
+    let Some(s) = setup(
+        "invite_retransmit",
+        &config("answer_delay_ms = 1000", TRUNKS),
+        100,
+    ) else {
+        return;
+    };
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_invite_retransmit.xml")).called("+15550100"),
+        "uac_invite_retransmit",
+    );
+    run.assert_all_succeeded(&s.server, 1);
+
+    // One dialog: every To tag the server put on a response is the same.
+    let received = run.received();
+    let invite_responses: Vec<&String> = received
+        .iter()
+        .filter(|m| header(m.as_bytes(), "CSeq").is_some_and(|c| c.ends_with("INVITE")))
+        .collect();
+    let mut tags: Vec<String> = invite_responses
+        .iter()
+        .filter_map(|m| header(m.as_bytes(), "To"))
+        .filter_map(|to| {
+            to.split(";tag=")
+                .nth(1)
+                .map(|t| t.split(';').next().unwrap_or("").to_owned())
+        })
+        .collect();
+    tags.sort();
+    tags.dedup();
+    if tags.len() != 1 {
+        s.server.fail(&format!(
+            "expected one To tag on the INVITE's responses, got {tags:?}\n{}",
+            run.report()
+        ));
+    }
+    // The copy was answered (the latest provisional again, s17.2.1): at least 100,
+    // the repeated provisional, 180 and 200.
+    if invite_responses.len() < 4 {
+        s.server.fail(&format!(
+            "expected the retransmitted INVITE to be answered ({} responses to INVITE)\n{}",
+            invite_responses.len(),
+            run.report()
+        ));
+    }
+    // And the server saw one call.
+    let call_id = run
+        .sent()
+        .first()
+        .and_then(|m| header(m.as_bytes(), "Call-ID"))
+        .expect("sipp sent an INVITE with a Call-ID");
+    let answered = s.server.log_lines_with(&["call answered", &call_id]).len();
+    if answered != 1 {
+        s.server.fail(&format!(
+            "expected one 'call answered' for {call_id}, saw {answered}"
+        ));
+    }
+    s.stop();
+}
+
+#[test]
+fn calls_complete_over_a_lossy_link() {
+    let Some(s) = setup("lossy_udp", &config("", TRUNKS), 200) else {
+        return;
+    };
+    // sipp loses 10 % of the messages it sends and receives; the transaction layers
+    // on both sides must recover every call through retransmission (RFC 3261 s17).
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_call.xml"))
+            .calls(20, 10, 20)
+            .pause_ms(500)
+            .timeout(Duration::from_secs(60))
+            .arg("-lost")
+            .arg("10"),
+        "uac_call_lossy",
+    );
+    run.assert_all_succeeded(&s.server, 20);
+    s.stop();
+}
+
+#[test]
+fn load_50_calls_per_second_for_20_seconds() {
+    let Some(s) = setup("load_50cps", &config("", TRUNKS), 1000) else {
+        return;
+    };
+    // sipp's own built-in UAC: 1000 calls of 2 s each at 50/s (~100 at once).
+    let started = Instant::now();
+    let run = s.run(
+        &Sipp::new(Scenario::BuiltIn("uac"))
+            .calls(1000, 50, 300)
+            .pause_ms(2000)
+            .timeout(Duration::from_secs(90))
+            .trace_messages(false),
+        "load_uac",
+    );
+    run.assert_all_succeeded(&s.server, 1000);
+    eprintln!(
+        "load: 1000 calls at 50/s in {:.1?}, {} retransmissions",
+        started.elapsed(),
+        run.stats.as_ref().map_or(0, |st| st.retransmissions)
+    );
+    s.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Calls that are refused
+// ---------------------------------------------------------------------------
+
+fn refused(test: &str, trunks: &str, called: &str, offer_pts: &str, status: u16) {
+    let Some(s) = setup(test, &config("", trunks), 100) else {
+        return;
+    };
+    let status = status.to_string();
+    let run = s.run(
+        &Sipp::new(Scenario::template(
+            "uac_reject.xml",
+            &[("STATUS", status.as_str())],
+        ))
+        .called(called)
+        .timeout(Duration::from_secs(15))
+        .arg("-key")
+        .arg("offer_pts")
+        .arg(offer_pts),
+        &format!("uac_reject_{status}"),
+    );
+    run.assert_all_succeeded(&s.server, 1);
+    s.stop();
+}
+
+#[test]
+fn offer_with_only_g729_gets_488() {
+    refused("g729_488", TRUNKS, "+15550100", "18", 488);
+}
+
+#[test]
+fn number_not_served_gets_404() {
+    let only_one_number = r#"
+[[trunks]]
+id = "ST_one"
+numbers = ["+15550100"]
+
+[[dispatch_rules]]
+id = "SDR_callee"
+type = "callee"
+room_prefix = "call-"
+"#;
+    refused("unserved_404", only_one_number, "+15550999", "0 8", 404);
+}
+
+#[test]
+fn source_address_not_allowed_gets_403() {
+    // Without a catch-all trunk: with one, LiveKit's matching would fall back to it.
+    let locked_only = r#"
+[[trunks]]
+id = "ST_locked"
+numbers = ["+15550300"]
+allowed_addresses = ["192.0.2.0/24"]
+
+[[dispatch_rules]]
+id = "SDR_callee"
+type = "callee"
+room_prefix = "call-"
+"#;
+    refused("locked_403", locked_only, "+15550300", "0 8", 403);
+}
+
+#[test]
+fn cancel_while_ringing_gets_200_and_487() {
+    let Some(s) = setup("cancel", &config("answer_delay_ms = 2000", TRUNKS), 100) else {
+        return;
+    };
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_cancel.xml"))
+            .called("+15550100")
+            .timeout(Duration::from_secs(20)),
+        "uac_cancel",
+    );
+    run.assert_all_succeeded(&s.server, 1);
+    // The call never got answered.
+    if !s.server.log_lines_with(&["call answered"]).is_empty() {
+        s.server.fail("a cancelled call was answered");
+    }
+    s.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Broken requests
+// ---------------------------------------------------------------------------
+
+/// One line of tests/data/sip/malformed/expected.txt.
+struct Expectation {
+    file: String,
+    /// Acceptable status codes; `None` in the list = no response.
+    outcomes: Vec<Option<u16>>,
+    reason_word: Option<String>,
+    /// `xfail`: the expectation is right but switchboard does not meet it yet; a
+    /// mismatch is reported loudly as a known gap instead of failing the test.
+    known_gap: bool,
+}
+
+fn expectations() -> Vec<Expectation> {
+    let path = repo_path("tests/data/sip/malformed/expected.txt");
+    let text = std::fs::read_to_string(&path).expect("read expected.txt");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut cols = l.split_whitespace();
+            let file = cols.next().expect("file column").to_owned();
+            let outcomes = cols
+                .next()
+                .unwrap_or_else(|| panic!("{file}: no expected outcome"))
+                .split('|')
+                .map(|o| {
+                    if o == "drop" {
+                        None
+                    } else {
+                        Some(
+                            o.parse()
+                                .unwrap_or_else(|_| panic!("{file}: bad outcome {o:?}")),
+                        )
+                    }
+                })
+                .collect();
+            let mut reason_word = None;
+            let mut known_gap = false;
+            for col in cols {
+                if col == "xfail" {
+                    known_gap = true;
+                } else {
+                    reason_word = Some(col.replace('_', " ").to_lowercase());
+                }
+            }
+            Expectation {
+                file,
+                outcomes,
+                reason_word,
+                known_gap,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn malformed_requests_get_400_or_are_dropped() {
+    // No sipp needed: raw datagrams from a socket of our own.
+    let scratch = Scratch::new("malformed");
+    let ports = Ports::alloc(20);
+    let server = Server::start(&scratch, &config("", TRUNKS), &ports);
+    let server_addr = ports.server_addr();
+    let dir = repo_path("tests/data/sip/malformed");
+    let expectations = expectations();
+
+    // Every data file is listed, so none is silently left out.
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read malformed dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".sip") || n.ends_with(".bin"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = expectations.iter().map(|e| e.file.clone()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk,
+        listed,
+        "expected.txt must list every file in {}",
+        dir.display()
+    );
+
+    let mut failures = Vec::new();
+    for exp in &expectations {
+        let raw = std::fs::read(dir.join(&exp.file)).expect("read message file");
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        let local = sock.local_addr().expect("local addr").to_string();
+        let data = replace_bytes(&raw, b"@LOCAL@", local.as_bytes());
+        let data = replace_bytes(&data, b"@SERVER@", server_addr.to_string().as_bytes());
+        let data = replace_bytes(&data, b"@NAME@", exp.file.as_bytes());
+        sock.send_to(&data, server_addr).expect("send");
+
+        let may_drop = exp.outcomes.contains(&None);
+        let wait = if exp.outcomes.iter().any(Option::is_some) {
+            Duration::from_millis(1000)
+        } else {
+            Duration::from_millis(400)
+        };
+        let got = recv_sip(&sock, wait);
+        let outcome = got.as_deref().and_then(status_code);
+        let reason = got.as_deref().map(reason_phrase).unwrap_or_default();
+        let ok = match outcome {
+            None => may_drop,
+            Some(code) => exp.outcomes.contains(&Some(code)),
+        } && match (&exp.reason_word, outcome) {
+            (Some(w), Some(400)) => reason.to_lowercase().contains(w.as_str()),
+            _ => true,
+        };
+        eprintln!(
+            "malformed {:<32} -> {:<40} {}",
+            exp.file,
+            match outcome {
+                Some(c) => format!("{c} {reason}"),
+                None => "no response".into(),
+            },
+            match (ok, exp.known_gap) {
+                (true, false) => "ok",
+                (true, true) => "ok (now meets an xfail expectation: drop `xfail` in expected.txt)",
+                (false, true) => "!!! KNOWN GAP (xfail in expected.txt) !!!",
+                (false, false) => "UNEXPECTED",
+            }
+        );
+        if !ok && exp.known_gap {
+            // Past libtest's output capture, so the run's log (and scripts/test.sh's
+            // summary) shows it even though the test passes.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "KNOWN GAP (tests/data/sip/malformed/expected.txt): {}: expected {:?}, got {}",
+                exp.file,
+                exp.outcomes,
+                match outcome {
+                    Some(c) => format!("{c} {reason:?}"),
+                    None => "no response".into(),
+                }
+            );
+        }
+        if !ok && !exp.known_gap {
+            failures.push(format!(
+                "{}: expected {:?}{}, got {}",
+                exp.file,
+                exp.outcomes,
+                exp.reason_word
+                    .as_ref()
+                    .map(|w| format!(" with {w:?} in the reason"))
+                    .unwrap_or_default(),
+                match outcome {
+                    Some(c) => format!("{c} {reason:?}"),
+                    None => "no response".into(),
+                }
+            ));
+        }
+    }
+
+    // Still alive and serving.
+    let mut server = server;
+    if !server.is_running() {
+        server.fail("switchboard died on malformed input");
+    }
+    let pong = options_ping(server_addr, Duration::from_secs(2), 9_999);
+    match pong
+        .as_deref()
+        .map(|p| (status_code(p), header(p, "Allow")))
+    {
+        Some((Some(200), Some(allow))) if allow.contains("INVITE") => {}
+        other => failures.push(format!(
+            "OPTIONS after the malformed set: expected 200 with Allow, got {other:?}"
+        )),
+    }
+    if !failures.is_empty() {
+        server.fail(&format!(
+            "{} malformed-message expectations failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        ));
+    }
+    server.stop();
+}
