@@ -9,9 +9,9 @@
 //! - decode: 256 entries per law.
 //!
 //! That is 21.5 KiB of tables, which fit in L1 next to a call's buffers. The
-//! tables are filled by the closed form below (bit length instead of the STL's
-//! segment loop), the same arithmetic the SIMD kernels do lane-wise; the tests
-//! check both against [`super::reference`] for every input.
+//! tables are filled at compile time by the closed forms below (a bit length
+//! instead of the STL's segment loop); the tests check them, and the tables,
+//! against [`super::reference`] for every input.
 
 /// mu-law code of every `x >> 2`, indexed by `(x as u16) >> 2`.
 static ULAW_ENCODE: [u8; 1 << 14] = build_ulaw_encode();

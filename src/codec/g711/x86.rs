@@ -1,19 +1,22 @@
 //! SSSE3 and AVX2 G.711 kernels (x86 and x86_64).
 //!
 //! Where it sits: behind the runtime dispatch in [`super`]; nothing else calls
-//! these. Each kernel is the closed form of [`super::scalar`] done lane-wise on
-//! 16-bit lanes, so one 128-bit vector carries 8 samples and one 256-bit
-//! vector 16:
+//! these. Each kernel computes the STL's result lane-wise on 16-bit lanes, so
+//! one 128-bit vector carries 8 samples and one 256-bit vector 16:
 //!
-//! - the segment (exponent) is a bit length of a 7-bit value, found with two
-//!   `pshufb` nibble lookups and a `max` (the high nibble's table is the low
-//!   nibble's plus 4, and a non-zero high nibble always wins);
-//! - the per-lane variable shift that extracts the mantissa is a multiply:
-//!   `pshufb` maps the exponent to a power of two, `pmullw` shifts left by it
-//!   and one fixed right shift finishes. The operands are bounded so the
-//!   product never overflows 16 bits (see each kernel);
-//! - decode is the same trick backwards: shift the mantissa left by the
-//!   exponent with `pmullw`, then apply the sign with xor/sub.
+//! - encode: the segment search and the mantissa extraction are one
+//!   int-to-float conversion. A 16-bit magnitude `v = 1.m * 2^e` converts to
+//!   `f32` exactly (so the MXCSR rounding mode and FTZ/DAZ, which other
+//!   audio code may change, cannot matter), and its bits shifted right by 19
+//!   are `(127 + e) << 4 | m4`, with `m4` the 4 bits after the leading one.
+//!   For both laws the segment is
+//!   `e` minus a constant and the mantissa is exactly `m4`, so one subtraction
+//!   yields `segment << 4 | mantissa` (A-law also takes the linear first two
+//!   segments into account, see [`alaw_encode_128`]);
+//! - decode: the per-lane variable shift by the exponent is a multiply:
+//!   `pshufb` maps the exponent to a power of two and `pmullw` shifts by it
+//!   (operands bounded so the product fits 16 bits); the sign is applied with
+//!   xor/sub.
 //!
 //! Slices are walked in whole vectors; the last vector is placed flush with the
 //! end and may overlap the one before it. Conversion is a pure function of
@@ -55,19 +58,6 @@ fn next_block_start(i: usize, n: usize, block: usize) -> Option<usize> {
 // 128-bit lane math (SSSE3). Lanes are 16-bit; codes travel in the low byte.
 // ---------------------------------------------------------------------------
 
-/// Bit length of each lane, for lanes in 0..=127 (high byte zero).
-#[inline]
-#[target_feature(enable = "ssse3")]
-fn bit_len7_128(v: __m128i) -> __m128i {
-    let lo_tab = _mm_setr_epi8(0, 1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4);
-    let hi_tab = _mm_setr_epi8(0, 5, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8, 8);
-    // The high byte of every lane indexes entry 0 of both tables, which is 0,
-    // so the result keeps a zero high byte.
-    let hi = _mm_shuffle_epi8(hi_tab, _mm_srli_epi16::<4>(v));
-    let lo = _mm_shuffle_epi8(lo_tab, _mm_and_si128(v, _mm_set1_epi16(0x0F)));
-    _mm_max_epu8(hi, lo)
-}
-
 /// `table[lane]` for lanes in 0..=15, as a 16-bit value with a zero high byte.
 #[inline]
 #[target_feature(enable = "ssse3")]
@@ -75,6 +65,24 @@ fn lookup16_128(table: __m128i, idx: __m128i) -> __m128i {
     // An index byte with bit 7 set makes pshufb write 0: that clears the high
     // byte of each lane.
     _mm_shuffle_epi8(table, _mm_or_si128(idx, _mm_set1_epi16(0x8000u16 as i16)))
+}
+
+/// `(f32 bits of v) >> 19` for each 16-bit lane `v` (0..=32767): the biased
+/// exponent and the top 4 mantissa bits, `(127 + e) << 4 | m` where
+/// `v = 1.m... * 2^e`, exactly (an integer below 2^24 converts without
+/// rounding). For `v = 0` it is 0.
+///
+/// This is the segment search and mantissa extraction of both laws in one
+/// instruction: the segment is `e` minus a constant and the mantissa is the 4
+/// bits after the leading one.
+#[inline]
+#[target_feature(enable = "ssse3")]
+fn exponent_mantissa_128(v: __m128i) -> __m128i {
+    let zero = _mm_setzero_si128();
+    let lo = _mm_castps_si128(_mm_cvtepi32_ps(_mm_unpacklo_epi16(v, zero)));
+    let hi = _mm_castps_si128(_mm_cvtepi32_ps(_mm_unpackhi_epi16(v, zero)));
+    // At most (127 + 14) << 4 | 15: the signed pack is exact.
+    _mm_packs_epi32(_mm_srli_epi32::<19>(lo), _mm_srli_epi32::<19>(hi))
 }
 
 /// mu-law codes of 8 samples (STL `ulaw_compress`, closed form).
@@ -88,14 +96,9 @@ fn ulaw_encode_128(x: __m128i) -> __m128i {
         _mm_add_epi16(_mm_srli_epi16::<2>(mag), _mm_set1_epi16(33)),
         _mm_set1_epi16(0x1FFF),
     );
-    // exp = segment - 1, 0..=7.
-    let exp = bit_len7_128(_mm_srli_epi16::<6>(a));
-    // a >> (exp + 1) as (a << (7 - exp)) >> 8; a < 2^(exp + 6), so the product
-    // stays below 2^13.
-    let pow = _mm_setr_epi8(-128, 64, 32, 16, 8, 4, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let shifted = _mm_mullo_epi16(a, lookup16_128(pow, exp));
-    let mant = _mm_and_si128(_mm_srli_epi16::<8>(shifted), _mm_set1_epi16(0x0F));
-    let code = _mm_or_si128(_mm_slli_epi16::<4>(exp), mant);
+    // a in 33..=8191, so e >= 5: segment - 1 = e - 5 and the mantissa is
+    // (a >> (e - 4)) & 15, the 4 bits after the leading one.
+    let code = _mm_sub_epi16(exponent_mantissa_128(a), _mm_set1_epi16((127 + 5) << 4));
     // Invert exponent and mantissa; set the sign bit for positive samples.
     let flip = _mm_xor_si128(
         _mm_and_si128(sign, _mm_set1_epi16(0x80)),
@@ -111,14 +114,12 @@ fn alaw_encode_128(x: __m128i) -> __m128i {
     let sign = _mm_srai_epi16::<15>(x);
     let mag = _mm_xor_si128(x, sign);
     let ix = _mm_srli_epi16::<4>(mag);
-    // exp = bit length of ix >> 4, 0..=7.
-    let exp = bit_len7_128(_mm_srli_epi16::<8>(mag));
-    // ix >> max(exp - 1, 0) as (ix << (6 - shift)) >> 6; ix < 2^(exp + 4)
-    // (< 16 for exp 0), so the product stays below 2^11.
-    let pow = _mm_setr_epi8(64, 64, 32, 16, 8, 4, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let shifted = _mm_mullo_epi16(ix, lookup16_128(pow, exp));
-    let mant = _mm_and_si128(_mm_srli_epi16::<6>(shifted), _mm_set1_epi16(0x0F));
-    let code = _mm_or_si128(_mm_slli_epi16::<4>(exp), mant);
+    // For ix >= 16 the exponent is e - 3 and the mantissa (ix >> (e - 4)) & 15.
+    // Below 32 the code is ix itself (segments 0 and 1 share a step), and the
+    // float form is <= ix there (negative below 8), while above 31 it is
+    // >= 32: the max picks the right one in every case.
+    let float_code = _mm_sub_epi16(exponent_mantissa_128(ix), _mm_set1_epi16((127 + 3) << 4));
+    let code = _mm_max_epi16(float_code, _mm_min_epi16(ix, _mm_set1_epi16(31)));
     // Sign bit for positive samples, then the even-bit inversion.
     let flip = _mm_xor_si128(
         _mm_and_si128(sign, _mm_set1_epi16(0x80)),
@@ -264,21 +265,6 @@ fn table256(t: __m128i) -> __m256i {
     _mm256_broadcastsi128_si256(t)
 }
 
-/// Bit length of each lane, for lanes in 0..=127 (see [`bit_len7_128`]).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn bit_len7_256(v: __m256i) -> __m256i {
-    let lo_tab = table256(_mm_setr_epi8(
-        0, 1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4,
-    ));
-    let hi_tab = table256(_mm_setr_epi8(
-        0, 5, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8, 8,
-    ));
-    let hi = _mm256_shuffle_epi8(hi_tab, _mm256_srli_epi16::<4>(v));
-    let lo = _mm256_shuffle_epi8(lo_tab, _mm256_and_si256(v, _mm256_set1_epi16(0x0F)));
-    _mm256_max_epu8(hi, lo)
-}
-
 /// `table[lane]` for lanes in 0..=15 (see [`lookup16_128`]).
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -289,7 +275,18 @@ fn lookup16_256(table: __m256i, idx: __m256i) -> __m256i {
     )
 }
 
-/// mu-law codes of 16 samples (see [`ulaw_encode_128`] for the bounds).
+/// See [`exponent_mantissa_128`]. `vpunpck*` and `vpackssdw` both work
+/// within 128-bit halves, so the lane order comes back unchanged.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn exponent_mantissa_256(v: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let lo = _mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_unpacklo_epi16(v, zero)));
+    let hi = _mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_unpackhi_epi16(v, zero)));
+    _mm256_packs_epi32(_mm256_srli_epi32::<19>(lo), _mm256_srli_epi32::<19>(hi))
+}
+
+/// mu-law codes of 16 samples (see [`ulaw_encode_128`]).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn ulaw_encode_256(x: __m256i) -> __m256i {
@@ -299,13 +296,7 @@ fn ulaw_encode_256(x: __m256i) -> __m256i {
         _mm256_add_epi16(_mm256_srli_epi16::<2>(mag), _mm256_set1_epi16(33)),
         _mm256_set1_epi16(0x1FFF),
     );
-    let exp = bit_len7_256(_mm256_srli_epi16::<6>(a));
-    let pow = table256(_mm_setr_epi8(
-        -128, 64, 32, 16, 8, 4, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0,
-    ));
-    let shifted = _mm256_mullo_epi16(a, lookup16_256(pow, exp));
-    let mant = _mm256_and_si256(_mm256_srli_epi16::<8>(shifted), _mm256_set1_epi16(0x0F));
-    let code = _mm256_or_si256(_mm256_slli_epi16::<4>(exp), mant);
+    let code = _mm256_sub_epi16(exponent_mantissa_256(a), _mm256_set1_epi16((127 + 5) << 4));
     let flip = _mm256_xor_si256(
         _mm256_and_si256(sign, _mm256_set1_epi16(0x80)),
         _mm256_set1_epi16(0xFF),
@@ -313,20 +304,15 @@ fn ulaw_encode_256(x: __m256i) -> __m256i {
     _mm256_xor_si256(code, flip)
 }
 
-/// A-law codes of 16 samples (see [`alaw_encode_128`] for the bounds).
+/// A-law codes of 16 samples (see [`alaw_encode_128`]).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn alaw_encode_256(x: __m256i) -> __m256i {
     let sign = _mm256_srai_epi16::<15>(x);
     let mag = _mm256_xor_si256(x, sign);
     let ix = _mm256_srli_epi16::<4>(mag);
-    let exp = bit_len7_256(_mm256_srli_epi16::<8>(mag));
-    let pow = table256(_mm_setr_epi8(
-        64, 64, 32, 16, 8, 4, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0,
-    ));
-    let shifted = _mm256_mullo_epi16(ix, lookup16_256(pow, exp));
-    let mant = _mm256_and_si256(_mm256_srli_epi16::<6>(shifted), _mm256_set1_epi16(0x0F));
-    let code = _mm256_or_si256(_mm256_slli_epi16::<4>(exp), mant);
+    let float_code = _mm256_sub_epi16(exponent_mantissa_256(ix), _mm256_set1_epi16((127 + 3) << 4));
+    let code = _mm256_max_epi16(float_code, _mm256_min_epi16(ix, _mm256_set1_epi16(31)));
     let flip = _mm256_xor_si256(
         _mm256_and_si256(sign, _mm256_set1_epi16(0x80)),
         _mm256_set1_epi16(0xD5),
