@@ -113,7 +113,7 @@ fn set_memlock(soft: libc::rlim_t, hard: libc::rlim_t) -> io::Result<()> {
 }
 
 /// Raise RLIMIT_MEMLOCK: soft to hard always; with CAP_SYS_RESOURCE (root) the
-/// hard limit too, to unlimited or else [`ROOT_MEMLOCK_TARGET`]. Never lowers.
+/// hard limit too, to unlimited or else 512 MiB. Never lowers.
 pub fn raise_memlock() -> Result<Memlock, SystemError> {
     let before = get_memlock()?;
     if before.soft == u64::MAX {
