@@ -202,9 +202,13 @@ impl Shard {
         local: SocketAddr,
     ) -> Result<(), super::media_port::MediaPortError> {
         let mut media = self.media.borrow_mut();
-        // A re-INVITE may move the port: close the old one first, so the same
-        // port can be bound again.
-        media.remove(call);
+        // Asked again for the port the call already has: keep it (a closed
+        // socket is only released once its cancelled reader is dropped, so
+        // closing and rebinding the same port would fail).
+        if media.get(call).is_some_and(|p| p.local() == local) {
+            return Ok(());
+        }
+        // A moved port: bind the new one, then let the old one go.
         let port = MediaPort::open(local, Arc::clone(&self.counters))?;
         debug!(call_id = %call, %local, "media port open");
         media.insert(call.clone(), port);
