@@ -123,6 +123,25 @@ fn whole_call(test: &str, transport: SippTransport) {
         "uac_call",
     );
     run.assert_all_succeeded(&s.server, 3);
+    // The SDP answers point at the RTP range the server was given.
+    let answers: Vec<u16> = run
+        .received()
+        .iter()
+        .filter(|m| m.starts_with("SIP/2.0 200") && m.contains("m=audio "))
+        .filter_map(|m| m.split("m=audio ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    if answers.len() < 3
+        || answers
+            .iter()
+            .any(|p| *p < s.ports.rtp_min || *p > s.ports.rtp_max)
+    {
+        s.server.fail(&format!(
+            "SDP answer ports {answers:?} not all in {}..={}\n{}",
+            s.ports.rtp_min,
+            s.ports.rtp_max,
+            run.report()
+        ));
+    }
     // Every call was answered by switchboard and ended by our BYE.
     let answered = s.server.log_lines_with(&["call answered"]).len();
     if answered != 3 {
@@ -152,11 +171,21 @@ fn auth_uri(s: &Setup) -> String {
 
 #[test]
 fn digest_challenge_then_authenticated_call() {
-    let Some(s) = setup("digest_auth", &config("", TRUNKS), 100) else {
+    digest_call("digest_auth", SippTransport::Udp);
+}
+
+#[test]
+fn digest_challenge_then_authenticated_call_over_tcp() {
+    digest_call("digest_auth_tcp", SippTransport::Tcp);
+}
+
+fn digest_call(test: &str, transport: SippTransport) {
+    let Some(s) = setup(test, &config("", TRUNKS), 100) else {
         return;
     };
     let run = s.run(
         &Sipp::new(Scenario::file("uac_auth.xml"))
+            .transport(transport)
             .called("+15550200")
             .pause_ms(500)
             .arg("-auth_uri")
@@ -318,6 +347,52 @@ fn load_50_calls_per_second_for_20_seconds() {
     s.stop();
 }
 
+#[test]
+fn sigterm_byes_every_call_then_exits() {
+    let Some(s) = setup("shutdown_bye", &config("", TRUNKS), 100) else {
+        return;
+    };
+    // Four calls that only the server can end.
+    let calls = 4;
+    let sipp = Sipp::new(Scenario::file("uac_call_remote_hangup.xml"))
+        .calls(calls, 20, calls)
+        .timeout(Duration::from_secs(40))
+        .spawn(&s.sipp, &s.scratch, &s.ports, "uac_remote_hangup");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.server.log_lines_with(&["call answered"]).len() < calls as usize {
+        if Instant::now() > deadline {
+            let run = sipp.wait();
+            s.server.fail(&format!(
+                "the calls were not all answered\n{}",
+                run.report()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM: BYE each call, wait for the 200s, exit 0 within 5 s.
+    let log = s.server.log.clone();
+    s.server.stop();
+    let run = sipp.wait();
+    let byes = run
+        .received()
+        .iter()
+        .filter(|m| m.starts_with("BYE "))
+        .count();
+    let ok = run.exit_code == Some(0)
+        && run
+            .stats
+            .as_ref()
+            .is_some_and(|st| st.successful == calls as u64 && st.failed == 0)
+        && byes >= calls as usize;
+    assert!(
+        ok,
+        "every call must get the server's BYE at shutdown ({byes} BYEs seen)\n{}\n\
+         ===== switchboard stderr =====\n{}",
+        run.report(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Calls that are refused
 // ---------------------------------------------------------------------------
@@ -382,11 +457,21 @@ room_prefix = "call-"
 
 #[test]
 fn cancel_while_ringing_gets_200_and_487() {
-    let Some(s) = setup("cancel", &config("answer_delay_ms = 2000", TRUNKS), 100) else {
+    cancel_while_ringing("cancel", SippTransport::Udp);
+}
+
+#[test]
+fn cancel_while_ringing_over_tcp() {
+    cancel_while_ringing("cancel_tcp", SippTransport::Tcp);
+}
+
+fn cancel_while_ringing(test: &str, transport: SippTransport) {
+    let Some(s) = setup(test, &config("answer_delay_ms = 2000", TRUNKS), 100) else {
         return;
     };
     let run = s.run(
         &Sipp::new(Scenario::file("uac_cancel.xml"))
+            .transport(transport)
             .called("+15550100")
             .timeout(Duration::from_secs(20)),
         "uac_cancel",
@@ -508,6 +593,10 @@ fn malformed_requests_get_400_or_are_dropped() {
         } && match (&exp.reason_word, outcome) {
             (Some(w), Some(400)) => reason.to_lowercase().contains(w.as_str()),
             _ => true,
+        } && match outcome {
+            // A 405 must say what is allowed (RFC 3261 s21.4.6).
+            Some(405) => got.as_deref().and_then(|g| header(g, "Allow")).is_some(),
+            _ => true,
         };
         eprintln!(
             "malformed {:<32} -> {:<40} {}",
@@ -576,5 +665,117 @@ fn malformed_requests_get_400_or_are_dropped() {
             failures.join("\n  ")
         ));
     }
+    server.stop();
+}
+
+/// Read one SIP message off a TCP stream (headers, then Content-Length bytes of body).
+fn read_tcp_message(stream: &mut std::net::TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(wait)).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head_len = end + 4;
+            let body_len = header(&buf[..head_len], "Content-Length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= head_len + body_len {
+                buf.truncate(head_len + body_len);
+                return Some(buf);
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn tcp_message(file: &str, local: &str, server: &str) -> Vec<u8> {
+    let raw = std::fs::read(repo_path(&format!("tests/data/sip/malformed/{file}")))
+        .expect("read message file");
+    let data = replace_bytes(&raw, b"SIP/2.0/UDP", b"SIP/2.0/TCP");
+    let data = replace_bytes(&data, b"@LOCAL@", local.as_bytes());
+    let data = replace_bytes(&data, b"@SERVER@", server.as_bytes());
+    replace_bytes(&data, b"@NAME@", format!("tcp-{file}").as_bytes())
+}
+
+fn tcp_options(local: &str, server: &str, n: u32) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:{server} SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {local};branch=z9hG4bK-tcp-options-{n}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{local}>;tag=tcp{n}\r\n\
+         To: <sip:{server}>\r\n\
+         Call-ID: tcp-options-{n}@127.0.0.1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn malformed_requests_over_tcp() {
+    use std::io::Write as _;
+    use std::net::TcpStream;
+    let scratch = Scratch::new("malformed_tcp");
+    let ports = Ports::alloc(20);
+    let server = Server::start(&scratch, &config("", TRUNKS), &ports);
+    let server_addr = ports.server_addr();
+    let srv = server_addr.to_string();
+
+    // 1. A framed but broken request gets its 400 on the same connection, and the
+    //    connection keeps serving (RFC 3261 s18.2.2: responses go back on it).
+    let mut c = TcpStream::connect(server_addr).expect("connect");
+    let local = c.local_addr().expect("local").to_string();
+    c.write_all(&tcp_message("missing_call_id.sip", &local, &srv))
+        .expect("send");
+    let first = read_tcp_message(&mut c, Duration::from_secs(2));
+    if first.as_deref().and_then(status_code) != Some(400) {
+        server.fail(&format!(
+            "TCP: missing Call-ID: expected 400, got {:?}",
+            first.as_deref().map(String::from_utf8_lossy)
+        ));
+    }
+    c.write_all(&tcp_options(&local, &srv, 1)).expect("send");
+    let second = read_tcp_message(&mut c, Duration::from_secs(2));
+    if second.as_deref().and_then(status_code) != Some(200) {
+        server.fail(&format!(
+            "TCP: OPTIONS after a 400 on the same connection: expected 200, got {:?}",
+            second.as_deref().map(String::from_utf8_lossy)
+        ));
+    }
+
+    // 2. Garbage: whatever the server does with that connection (close it, or wait
+    //    for more), it must not answer SIP and must keep serving others.
+    let mut g = TcpStream::connect(server_addr).expect("connect");
+    let _ = g.write_all(&tcp_message("garbage.bin", "127.0.0.1:9", &srv));
+    let _ = g.write_all(b"\r\n\r\n");
+    if let Some(m) = read_tcp_message(&mut g, Duration::from_millis(500)) {
+        if m.starts_with(b"SIP/2.0 2") {
+            server.fail("TCP: garbage got a 2xx");
+        }
+    }
+
+    // 3. A body shorter than its Content-Length, then the peer goes away: the
+    //    server must drop the half message with the connection.
+    let mut h = TcpStream::connect(server_addr).expect("connect");
+    let hl = h.local_addr().expect("local").to_string();
+    let _ = h.write_all(&tcp_message("content_length_too_big.sip", &hl, &srv));
+    drop(h);
+
+    // 4. A fresh connection is served.
+    let mut d = TcpStream::connect(server_addr).expect("connect");
+    let dl = d.local_addr().expect("local").to_string();
+    d.write_all(&tcp_options(&dl, &srv, 2)).expect("send");
+    let last = read_tcp_message(&mut d, Duration::from_secs(2));
+    if last.as_deref().and_then(status_code) != Some(200) {
+        server.fail(&format!(
+            "TCP: OPTIONS on a fresh connection after the broken ones: expected 200, got {:?}",
+            last.as_deref().map(String::from_utf8_lossy)
+        ));
+    }
+    drop((c, g, d));
     server.stop();
 }

@@ -576,6 +576,12 @@ impl Sipp {
     /// Run to completion against `server`; killed when it outlives its own `-timeout`
     /// by 15 s (a wedged sipp must not hang the suite).
     pub fn run(&self, sipp: &Path, scratch: &Scratch, ports: &Ports, name: &str) -> SippRun {
+        self.spawn(sipp, scratch, ports, name).wait()
+    }
+
+    /// Start sipp and return at once (for tests that act on the server mid-call);
+    /// [`RunningSipp::wait`] collects the result.
+    pub fn spawn(&self, sipp: &Path, scratch: &Scratch, ports: &Ports, name: &str) -> RunningSipp {
         let stat_file = scratch.path(&format!("{name}.stat.csv"));
         let error_file = scratch.path(&format!("{name}.errors.log"));
         let message_file = scratch.path(&format!("{name}.messages.log"));
@@ -653,9 +659,45 @@ impl Sipp {
             ));
         let command_line = format!("{cmd:?}");
         let started = Instant::now();
-        let mut child = cmd.spawn().expect("spawn sipp");
-        let hard_limit = self.timeout + Duration::from_secs(15);
-        let status = wait_timeout(&mut child, hard_limit);
+        let child = cmd.spawn().expect("spawn sipp");
+        RunningSipp {
+            child: Some(child),
+            command_line,
+            started,
+            hard_limit: self.timeout + Duration::from_secs(15),
+            stat_file,
+            error_file,
+            message_file,
+            screen_file,
+            out_file,
+        }
+    }
+}
+
+/// A sipp process still running; killed on drop if nobody waited for it.
+pub struct RunningSipp {
+    child: Option<Child>,
+    command_line: String,
+    started: Instant,
+    hard_limit: Duration,
+    stat_file: PathBuf,
+    error_file: PathBuf,
+    message_file: PathBuf,
+    screen_file: PathBuf,
+    out_file: PathBuf,
+}
+
+impl RunningSipp {
+    /// What sipp has written to its message trace so far.
+    pub fn messages_so_far(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.message_file).unwrap_or_default()).into_owned()
+    }
+
+    /// Wait for sipp to finish (killed when it outlives its `-timeout` by 15 s).
+    pub fn wait(mut self) -> SippRun {
+        let mut child = self.child.take().expect("sipp waited for twice");
+        let left = self.hard_limit.saturating_sub(self.started.elapsed());
+        let status = wait_timeout(&mut child, left);
         let killed = status.is_none();
         if killed {
             let _ = child.kill();
@@ -664,15 +706,24 @@ impl Sipp {
         let read =
             |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
         SippRun {
-            command_line,
+            command_line: self.command_line.clone(),
             exit_code: status.and_then(|s| s.code()),
             killed,
-            elapsed: started.elapsed(),
-            stats: SippStats::parse(&read(&stat_file)),
-            errors: read(&error_file),
-            screen: read(&screen_file),
-            output: read(&out_file),
-            messages: read(&message_file),
+            elapsed: self.started.elapsed(),
+            stats: SippStats::parse(&read(&self.stat_file)),
+            errors: read(&self.error_file),
+            screen: read(&self.screen_file),
+            output: read(&self.out_file),
+            messages: read(&self.message_file),
+        }
+    }
+}
+
+impl Drop for RunningSipp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
