@@ -1,0 +1,1325 @@
+//! The media engine of one shard: the calls' RTP sessions and the rooms that mix
+//! them, between the RTP sockets and the SIP core.
+//!
+//! Where it sits in the data flow:
+//!
+//! ```text
+//! SIP core: MediaOpen (SDP negotiated) --> MediaEngine::add_call(CallMedia)
+//! RTP socket --datagram + kernel rx time--> MediaEngine::handle_packet
+//!     --> session::RtpSession (latch, stats, DTMF, RTCP) --> room::Room jitter buffer
+//! MediaEngine::handle_timeout every 20 ms (per room phase):
+//!     Room::mix (decode, conceal, mix-minus) --> RtpSession::send_frame --> Transmit
+//!     RTCP SR/RR due --> Transmit(rtcp); media timeout --> Event(MediaTimeout)
+//! MediaEngine::poll_output --> Transmit | Event(Dtmf, MediaTimeout, RoomEnded) | Idle(deadline)
+//! SIP core: BYE / MediaClose --> MediaEngine::remove_call --> CallMediaReport (call record)
+//! ```
+//!
+//! What it owns: every call's [`session::RtpSession`], every room of the shard
+//! ([`room::Room`]), the output queue, and the shard's media counters and jitter
+//! histogram ([`ShardMediaStats`]).
+//!
+//! Sans-IO, like str0m's `Rtc`: it never reads the clock, sleeps or touches a
+//! socket. The poll contract: feed input ([`MediaEngine::add_call`],
+//! [`MediaEngine::handle_packet`], [`MediaEngine::send_dtmf`],
+//! [`MediaEngine::handle_timeout`] once the deadline passed), then drain
+//! [`MediaEngine::poll_output`] until it returns [`MediaOutput::Idle`] with the
+//! next deadline, before feeding more.
+//!
+//! Allocation: none per packet except the `CallKey` clone in each
+//! [`MediaOutput::Transmit`] (a `String` today; see the note there). Packet
+//! bytes, in and out, are cut from arenas (`BytesMut` chunks of
+//! [`ARENA_CHUNK`] bytes split into `Bytes`): one allocation per ~190 packets,
+//! reclaimed in place once the driver and the jitter buffers dropped them.
+
+pub mod room;
+pub mod session;
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::codec::g711::{Compander, Law};
+use crate::rtp::stats::JITTER_HISTOGRAM_MAX_US;
+use crate::rtp::NtpTime;
+
+use room::{Decoder, ParticipantId, ParticipantKind, Room};
+use session::{Inbound, RtpSession, SessionConfig, StreamSeed};
+
+/// Default media timeout: no RTP from the caller for this long ends the call.
+pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per arena chunk (in and out): about 190 outgoing G.711 packets.
+pub const ARENA_CHUNK: usize = 32 * 1024;
+
+/// Identifies a call on its owner shard (the SIP core's key; unified later).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey(pub String);
+
+impl fmt::Display for CallKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The negotiated audio codec of a call leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Pcmu,
+    Pcma,
+}
+
+impl Codec {
+    pub const fn law(self) -> Law {
+        match self {
+            Codec::Pcmu => Law::Pcmu,
+            Codec::Pcma => Law::Pcma,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        self.law().encoding_name()
+    }
+}
+
+/// What the SIP core knows of a call's media once SDP is negotiated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallMedia {
+    pub call: CallKey,
+    pub room: String,
+    /// Our RTP address (the socket the driver reads for this call).
+    pub local: SocketAddr,
+    /// The caller's RTP address from its SDP (c= and m=).
+    pub remote: SocketAddr,
+    pub codec: Codec,
+    pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    /// The caller's `a=ptime`; we mix and send 20 ms frames (see `session::FRAME`).
+    pub ptime_ms: u16,
+}
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaOutput {
+    /// Send `data` from the call's RTP socket (or its RTCP socket, RTP + 1).
+    ///
+    /// `call` is cloned per packet; if `CallKey` stays a `String` that is the
+    /// one allocation per packet left (an `Arc<str>` key would remove it).
+    Transmit {
+        call: CallKey,
+        dst: SocketAddr,
+        data: Bytes,
+        rtcp: bool,
+    },
+    Event(MediaEvent),
+    /// Nothing more until this deadline (`None`: until new input).
+    Idle(Option<Instant>),
+}
+
+/// What the SIP core and the room's other participants hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A digit the caller pressed (RFC 4733), once per key press.
+    Dtmf {
+        call: CallKey,
+        room: String,
+        digit: char,
+        duration_ms: u32,
+    },
+    /// No RTP from the caller for the media timeout: hang up (BYE), reason
+    /// `media-timeout`. Emitted once per call.
+    MediaTimeout { call: CallKey },
+    /// The last participant left.
+    RoomEnded { room: String },
+}
+
+/// A call's media figures for its call record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallMediaReport {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Expected minus received (RFC 3550 A.3), duplicates not counted as received.
+    pub lost: i64,
+    pub reordered: u64,
+    pub duplicates: u64,
+    /// Packets from addresses other than the latched one.
+    pub foreign_dropped: u64,
+    pub malformed: u64,
+    pub jitter_p50_us: u64,
+    pub jitter_p99_us: u64,
+    pub jitter_max_us: u64,
+    pub dtmf_digits: u64,
+    /// From the caller's receiver reports about our stream (RFC 3550 s6.4.1).
+    pub rtt_ms: Option<u32>,
+    /// Frames the mixer concealed for this caller (late or lost).
+    pub concealed_frames: u64,
+    pub codec: Codec,
+    /// The caller's RTP source address, if any packet came.
+    pub latched: Option<SocketAddr>,
+    /// The call ended (or is ending) for a media timeout.
+    pub media_timeout: bool,
+}
+
+/// The shard's media counters, for Prometheus. Counters are totals since the
+/// engine started; `lost` is folded in at each RTCP report and at hangup.
+#[derive(Clone, Debug)]
+pub struct ShardMediaStats {
+    pub shard: usize,
+    pub calls_active: usize,
+    pub calls_total: u64,
+    pub rooms_active: usize,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rtcp_in: u64,
+    pub rtcp_out: u64,
+    pub lost: i64,
+    pub foreign_dropped: u64,
+    pub malformed: u64,
+    /// Packets for a call the engine does not know (raced a hangup).
+    pub unknown_call: u64,
+    pub media_timeouts: u64,
+    pub dtmf_in: u64,
+    pub dtmf_out: u64,
+    /// Mix ticks dropped because the driver fell behind.
+    pub skipped_ticks: u64,
+    /// Interarrival jitter estimates (µs) of every accepted packet of every call.
+    pub jitter_us: Histogram<u64>,
+}
+
+impl ShardMediaStats {
+    fn new(shard: usize) -> ShardMediaStats {
+        ShardMediaStats {
+            shard,
+            calls_active: 0,
+            calls_total: 0,
+            rooms_active: 0,
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            rtcp_in: 0,
+            rtcp_out: 0,
+            lost: 0,
+            foreign_dropped: 0,
+            malformed: 0,
+            unknown_call: 0,
+            media_timeouts: 0,
+            dtmf_in: 0,
+            dtmf_out: 0,
+            skipped_ticks: 0,
+            jitter_us: Histogram::new_with_bounds(1, JITTER_HISTOGRAM_MAX_US, 2)
+                .expect("constant bounds are valid: 1 <= low, high >= 2 * low, sigfig <= 5"),
+        }
+    }
+}
+
+/// The output queue and the arena outgoing packets are written into.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: VecDeque<MediaOutput>,
+    arena: BytesMut,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            queue: VecDeque::with_capacity(64),
+            arena: BytesMut::with_capacity(ARENA_CHUNK),
+        }
+    }
+
+    /// Write one packet of at most `max_len` bytes with `write` (which returns
+    /// the length written, or `None` to send nothing) and queue it. Returns the
+    /// length queued.
+    pub fn transmit(
+        &mut self,
+        call: &CallKey,
+        dst: SocketAddr,
+        rtcp: bool,
+        max_len: usize,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let data = cut(&mut self.arena, max_len, write)?;
+        let n = data.len();
+        self.queue.push_back(MediaOutput::Transmit {
+            call: call.clone(),
+            dst,
+            data,
+            rtcp,
+        });
+        Some(n)
+    }
+
+    fn event(&mut self, ev: MediaEvent) {
+        self.queue.push_back(MediaOutput::Event(ev));
+    }
+}
+
+/// Cut a `Bytes` of up to `max_len` bytes, filled by `write`, from `arena`.
+/// When the arena's chunk is used up, `reserve` reclaims it in place if every
+/// earlier cut was dropped, else starts a new chunk.
+fn cut(
+    arena: &mut BytesMut,
+    max_len: usize,
+    write: impl FnOnce(&mut [u8]) -> Option<usize>,
+) -> Option<Bytes> {
+    debug_assert!(arena.is_empty(), "every cut is split off whole");
+    if arena.capacity() < max_len {
+        arena.reserve(ARENA_CHUNK.max(max_len));
+    }
+    arena.resize(max_len, 0);
+    match write(&mut arena[..]) {
+        Some(n) if n <= max_len => {
+            arena.truncate(n);
+            Some(arena.split().freeze())
+        }
+        _ => {
+            arena.clear();
+            None
+        }
+    }
+}
+
+struct Call {
+    session: RtpSession,
+    room: String,
+    participant: ParticipantId,
+}
+
+/// One shard's RTP sessions and rooms. See the module doc for the poll contract.
+pub struct MediaEngine {
+    shard: usize,
+    media_timeout: Duration,
+    rng: SmallRng,
+    /// A moment on the monotonic clock and the wall clock (since the Unix
+    /// epoch) at the same instant, for the NTP time of sender reports.
+    wallclock: Option<(Instant, Duration)>,
+    calls: HashMap<CallKey, Call>,
+    rooms: HashMap<String, Room>,
+    out: Outbox,
+    /// Arena incoming payloads are copied into for the jitter buffers.
+    in_arena: BytesMut,
+    stats: ShardMediaStats,
+}
+
+impl fmt::Debug for MediaEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaEngine")
+            .field("shard", &self.shard)
+            .field("calls", &self.calls.len())
+            .field("rooms", &self.rooms.len())
+            .field("queued", &self.out.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MediaEngine {
+    /// The shard's engine; SSRCs and initial sequence numbers and timestamps
+    /// are drawn from the OS's randomness (RFC 3550 s5.1, s8.1).
+    pub fn new(shard: usize, media_timeout: Duration) -> Self {
+        Self::with_seed(shard, media_timeout, rand::random())
+    }
+
+    /// Like [`new`](Self::new) with a fixed seed: reproducible SSRCs for tests.
+    pub fn with_seed(shard: usize, media_timeout: Duration, seed: u64) -> Self {
+        MediaEngine {
+            shard,
+            media_timeout,
+            rng: SmallRng::seed_from_u64(seed),
+            wallclock: None,
+            calls: HashMap::new(),
+            rooms: HashMap::new(),
+            out: Outbox::new(),
+            in_arena: BytesMut::with_capacity(ARENA_CHUNK),
+            stats: ShardMediaStats::new(shard),
+        }
+    }
+
+    /// Tell the engine the wall-clock time (since the Unix epoch) at `now`, for
+    /// the NTP timestamps of our sender reports. Without it, SRs count from an
+    /// arbitrary origin, which still gives the peer a correct round-trip time.
+    pub fn set_wallclock(&mut self, now: Instant, since_unix_epoch: Duration) {
+        self.wallclock = Some((now, since_unix_epoch));
+    }
+
+    fn ntp_at(&mut self, now: Instant) -> NtpTime {
+        let (at, unix) = *self.wallclock.get_or_insert((now, Duration::ZERO));
+        match now.checked_duration_since(at) {
+            Some(d) => NtpTime::from_unix(unix + d),
+            None => NtpTime::from_unix(unix.saturating_sub(at - now)),
+        }
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// A call's media is negotiated: open its session and seat it in its room
+    /// (created if this is the room's first participant). Called again for the
+    /// same call (a re-INVITE), it updates the session in place.
+    pub fn add_call(&mut self, now: Instant, m: CallMedia) {
+        let cfg = SessionConfig {
+            codec: m.codec,
+            payload_type: m.payload_type,
+            telephone_event: m.telephone_event,
+            remote: m.remote,
+            media_timeout: self.media_timeout,
+        };
+        let decoder = Decoder::G711(Compander::new(m.codec.law()));
+        if let Some(c) = self.calls.get_mut(&m.call) {
+            c.session.renegotiate(cfg);
+            if c.room == m.room {
+                if let Some(r) = self.rooms.get_mut(&c.room) {
+                    r.set_decoder(c.participant, decoder);
+                }
+                return;
+            }
+            // Moved to another room: leave the old one first.
+            let (old_room, old_id) = (std::mem::take(&mut c.room), c.participant);
+            Self::leave_room(
+                &mut self.rooms,
+                &mut self.out,
+                &mut self.stats,
+                &old_room,
+                old_id,
+            );
+            let id = Self::join_room(&mut self.rooms, &mut self.stats, now, &m, decoder);
+            let c = self
+                .calls
+                .get_mut(&m.call)
+                .expect("the call was found above and nothing removed it");
+            c.room = m.room;
+            c.participant = id;
+            return;
+        }
+        let seed = StreamSeed {
+            ssrc: self.rng.gen(),
+            sequence: self.rng.gen(),
+            timestamp: self.rng.gen(),
+        };
+        let cname = format!("switchboard-{}-{:08x}", self.shard, seed.ssrc);
+        let ntp = self.ntp_at(now);
+        let session = RtpSession::new(now, ntp, m.call.clone(), cfg, seed, &cname);
+        let participant = Self::join_room(&mut self.rooms, &mut self.stats, now, &m, decoder);
+        self.stats.calls_active += 1;
+        self.stats.calls_total += 1;
+        self.calls.insert(
+            m.call,
+            Call {
+                session,
+                room: m.room,
+                participant,
+            },
+        );
+    }
+
+    fn join_room(
+        rooms: &mut HashMap<String, Room>,
+        stats: &mut ShardMediaStats,
+        now: Instant,
+        m: &CallMedia,
+        decoder: Decoder,
+    ) -> ParticipantId {
+        let room = match rooms.entry(m.room.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                stats.rooms_active += 1;
+                e.insert(Room::new(m.room.clone(), now))
+            }
+        };
+        room.join(ParticipantKind::Sip(m.call.clone()), decoder)
+    }
+
+    /// Remove a participant; end the room if it was the last. Returns the
+    /// frames concealed for it.
+    fn leave_room(
+        rooms: &mut HashMap<String, Room>,
+        out: &mut Outbox,
+        stats: &mut ShardMediaStats,
+        name: &str,
+        id: ParticipantId,
+    ) -> u64 {
+        let Some(room) = rooms.get_mut(name) else {
+            return 0;
+        };
+        let concealed = room.leave(id).map_or(0, |s| s.concealed);
+        if room.is_empty() {
+            if let Some(r) = rooms.remove(name) {
+                stats.rooms_active -= 1;
+                stats.skipped_ticks += r.skipped_ticks();
+                out.event(MediaEvent::RoomEnded {
+                    room: r.name().to_owned(),
+                });
+            }
+        }
+        concealed
+    }
+
+    /// The call hung up: send our RTCP BYE, take it out of its room (ending the
+    /// room if it was the last) and return its figures for the call record.
+    pub fn remove_call(&mut self, now: Instant, call: &CallKey) -> Option<CallMediaReport> {
+        let mut c = self.calls.remove(call)?;
+        let rtcp_before = c.session.counters().rtcp_out;
+        c.session.send_bye(now, &mut self.out);
+        self.stats.rtcp_out += c.session.counters().rtcp_out - rtcp_before;
+        let concealed = Self::leave_room(
+            &mut self.rooms,
+            &mut self.out,
+            &mut self.stats,
+            &c.room,
+            c.participant,
+        );
+        self.stats.calls_active -= 1;
+        self.stats.lost += c.session.take_lost_delta();
+        Some(c.session.report(concealed))
+    }
+
+    /// The live figures of a call (the same as [`remove_call`](Self::remove_call) returns).
+    pub fn call_report(&self, call: &CallKey) -> Option<CallMediaReport> {
+        let c = self.calls.get(call)?;
+        let concealed = self
+            .rooms
+            .get(&c.room)
+            .and_then(|r| r.participant_stats(c.participant))
+            .map_or(0, |s| s.concealed);
+        Some(c.session.report(concealed))
+    }
+
+    /// One received datagram on the call's RTP port (or RTCP port = RTP+1,
+    /// `rtcp`), with its kernel receive time converted by the driver to an
+    /// `Instant` (`arrival`; pass `now` if the socket gave none).
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        call: &CallKey,
+        src: SocketAddr,
+        arrival: Instant,
+        data: &[u8],
+        rtcp: bool,
+    ) {
+        let Some(c) = self.calls.get_mut(call) else {
+            self.stats.unknown_call += 1;
+            return;
+        };
+        let before = c.session.counters();
+        let inbound = c.session.on_rtp(now, src, arrival, data, rtcp);
+        let after = c.session.counters();
+        self.stats.foreign_dropped += after.foreign_dropped - before.foreign_dropped;
+        self.stats.malformed += after.malformed - before.malformed;
+        self.stats.rtcp_in += after.rtcp_in - before.rtcp_in;
+        let jitter = match &inbound {
+            Inbound::Audio { jitter_us, .. } | Inbound::Event { jitter_us } => {
+                self.stats.packets_in += 1;
+                self.stats.bytes_in += data.len() as u64;
+                *jitter_us
+            }
+            Inbound::Rtcp | Inbound::Dropped(_) => None,
+        };
+        if let Some(j) = jitter {
+            self.stats
+                .jitter_us
+                .saturating_record(j.clamp(1, JITTER_HISTOGRAM_MAX_US));
+        }
+        match inbound {
+            Inbound::Audio {
+                sequence,
+                timestamp,
+                payload,
+                new_stream,
+                ..
+            } => {
+                let Some(room) = self.rooms.get_mut(&c.room) else {
+                    return;
+                };
+                if new_stream {
+                    room.reset_stream(c.participant);
+                }
+                let bytes = data.get(payload).unwrap_or_default();
+                if let Some(payload) = cut(&mut self.in_arena, bytes.len(), |b| {
+                    b.copy_from_slice(bytes);
+                    Some(bytes.len())
+                }) {
+                    room.push(c.participant, sequence, timestamp, arrival, payload);
+                }
+            }
+            Inbound::Event { .. } => {
+                while let Some(ev) = c.session.poll_dtmf() {
+                    self.stats.dtmf_in += 1;
+                    self.out.event(MediaEvent::Dtmf {
+                        call: call.clone(),
+                        room: c.room.clone(),
+                        digit: ev.digit,
+                        duration_ms: ev.duration_ms,
+                    });
+                }
+            }
+            Inbound::Rtcp | Inbound::Dropped(_) => {}
+        }
+    }
+
+    /// Play `digit` to the caller (RFC 4733) for `duration_ms`, replacing its
+    /// voice frames meanwhile. False if the call is unknown, has no
+    /// telephone-event, the digit is not DTMF, or a digit is still playing.
+    pub fn send_dtmf(
+        &mut self,
+        _now: Instant,
+        call: &CallKey,
+        digit: char,
+        duration_ms: u32,
+    ) -> bool {
+        let Some(c) = self.calls.get_mut(call) else {
+            return false;
+        };
+        let ok = c
+            .session
+            .send_dtmf(digit, Duration::from_millis(u64::from(duration_ms)));
+        if ok {
+            self.stats.dtmf_out += 1;
+        }
+        ok
+    }
+
+    /// Run what is due at `now`: mix ticks (each room on its own 20 ms phase),
+    /// RTCP reports, DTMF end timeouts, media timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for room in self.rooms.values_mut() {
+            while let Some(at) = room.due(now) {
+                room.mix(at);
+                for (_, kind, pcm) in room.mixed() {
+                    match kind {
+                        ParticipantKind::Sip(call) => {
+                            if let Some(c) = self.calls.get_mut(call) {
+                                let before = c.session.counters();
+                                c.session.send_frame(at, pcm, &mut self.out);
+                                let after = c.session.counters();
+                                self.stats.packets_out += after.packets_out - before.packets_out;
+                                self.stats.bytes_out += after.bytes_out - before.bytes_out;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (key, c) in self.calls.iter_mut() {
+            if now < c.session.poll_timeout() {
+                continue;
+            }
+            let rtcp_before = c.session.counters().rtcp_out;
+            if c.session.handle_timeout(now, &mut self.out) {
+                self.stats.media_timeouts += 1;
+                self.out
+                    .event(MediaEvent::MediaTimeout { call: key.clone() });
+            }
+            if c.session.counters().rtcp_out != rtcp_before {
+                self.stats.rtcp_out += 1;
+                self.stats.lost += c.session.take_lost_delta();
+            }
+            while let Some(ev) = c.session.poll_dtmf() {
+                self.stats.dtmf_in += 1;
+                self.out.event(MediaEvent::Dtmf {
+                    call: key.clone(),
+                    room: c.room.clone(),
+                    digit: ev.digit,
+                    duration_ms: ev.duration_ms,
+                });
+            }
+        }
+    }
+
+    /// The next thing to do: drain until `Idle(next deadline)`.
+    pub fn poll_output(&mut self, _now: Instant) -> MediaOutput {
+        if let Some(o) = self.out.queue.pop_front() {
+            return o;
+        }
+        MediaOutput::Idle(self.next_deadline())
+    }
+
+    /// The earliest of every room's next tick and every session's timers.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let rooms = self.rooms.values().map(Room::next_tick);
+        let calls = self.calls.values().map(|c| c.session.poll_timeout());
+        rooms.chain(calls).min()
+    }
+
+    pub fn stats(&self) -> &ShardMediaStats {
+        &self.stats
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine driven in memory on virtual time: callers are plain structs
+    //! that write RTP, the clock is an `Instant` we advance, nothing sleeps.
+
+    use std::f64::consts::PI;
+
+    use super::*;
+    use crate::codec::g711::FRAME_SAMPLES;
+    use crate::rtp::rtcp::{parse_compound, write_rr, RtcpPacket};
+    use crate::rtp::{ReportBlock, RtpHeader, RtpPacket};
+
+    const PT_PCMU: u8 = 0;
+    const PT_EVENT: u8 = 101;
+    const FRAME: Duration = Duration::from_millis(20);
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    /// A phone at the far end of one call.
+    struct Phone {
+        call: CallKey,
+        /// Where its packets come from (behind NAT: not its SDP address).
+        src: SocketAddr,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        /// Sample index of its tone generator.
+        n: u64,
+        tone_hz: f64,
+        level: f64,
+    }
+
+    impl Phone {
+        fn new(name: &str, src: &str, tone_hz: f64) -> Phone {
+            Phone {
+                call: CallKey(name.into()),
+                src: addr(src),
+                ssrc: 0x5151_0000 + name.len() as u32 * 7919 + u32::from(name.as_bytes()[0]),
+                seq: 1000,
+                ts: 50_000,
+                n: 0,
+                tone_hz,
+                level: 8000.0,
+            }
+        }
+
+        fn media(&self, room: &str, sdp_remote: &str) -> CallMedia {
+            CallMedia {
+                call: self.call.clone(),
+                room: room.into(),
+                local: addr("10.0.0.1:10000"),
+                remote: addr(sdp_remote),
+                codec: Codec::Pcmu,
+                payload_type: PT_PCMU,
+                telephone_event: Some(PT_EVENT),
+                ptime_ms: 20,
+            }
+        }
+
+        fn packet(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) -> Vec<u8> {
+            let h = RtpHeader {
+                marker,
+                payload_type: pt,
+                sequence: self.seq,
+                timestamp: ts,
+                ssrc: self.ssrc,
+            };
+            self.seq = self.seq.wrapping_add(1);
+            let mut out = vec![0u8; 12 + payload.len()];
+            let n = h.write(payload, &mut out).expect("sized to fit");
+            out.truncate(n);
+            out
+        }
+
+        /// The next 20 ms of its tone as a PCMU packet.
+        fn voice(&mut self) -> Vec<u8> {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            for s in pcm.iter_mut() {
+                let t = self.n as f64 / 8000.0;
+                *s = (self.level * (2.0 * PI * self.tone_hz * t).sin()) as i16;
+                self.n += 1;
+            }
+            let mut payload = [0u8; FRAME_SAMPLES];
+            Law::Pcmu.encode(&pcm, &mut payload);
+            let ts = self.ts;
+            self.ts = self.ts.wrapping_add(FRAME_SAMPLES as u32);
+            self.packet(PT_PCMU, false, ts, &payload)
+        }
+
+        /// A frame of one constant sample value.
+        fn constant(&mut self, code: u8) -> Vec<u8> {
+            let ts = self.ts;
+            self.ts = self.ts.wrapping_add(FRAME_SAMPLES as u32);
+            self.packet(PT_PCMU, false, ts, &[code; FRAME_SAMPLES])
+        }
+    }
+
+    /// What one call received from the engine.
+    #[derive(Debug, Clone)]
+    struct Sent {
+        at: Instant,
+        dst: SocketAddr,
+        data: Bytes,
+        rtcp: bool,
+    }
+
+    struct Net {
+        eng: MediaEngine,
+        now: Instant,
+        sent: Vec<(CallKey, Sent)>,
+        events: Vec<(Instant, MediaEvent)>,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            Net {
+                eng: MediaEngine::with_seed(0, DEFAULT_MEDIA_TIMEOUT, 7),
+                now: Instant::now(),
+                sent: Vec::new(),
+                events: Vec::new(),
+            }
+        }
+
+        fn drain(&mut self) {
+            for _ in 0..100_000 {
+                match self.eng.poll_output(self.now) {
+                    MediaOutput::Transmit {
+                        call,
+                        dst,
+                        data,
+                        rtcp,
+                    } => self.sent.push((
+                        call,
+                        Sent {
+                            at: self.now,
+                            dst,
+                            data,
+                            rtcp,
+                        },
+                    )),
+                    MediaOutput::Event(e) => self.events.push((self.now, e)),
+                    MediaOutput::Idle(_) => return,
+                }
+            }
+            panic!("the engine never went idle");
+        }
+
+        /// Run every timer up to `t`, then stand at `t`.
+        fn advance_to(&mut self, t: Instant) {
+            while let Some(d) = self.eng.next_deadline().filter(|&d| d <= t) {
+                self.now = self.now.max(d);
+                self.eng.handle_timeout(self.now);
+                self.drain();
+            }
+            self.now = self.now.max(t);
+        }
+
+        fn receive(&mut self, phone: &Phone, data: &[u8]) {
+            self.receive_from(&phone.call, phone.src, data, false);
+        }
+
+        fn receive_from(&mut self, call: &CallKey, src: SocketAddr, data: &[u8], rtcp: bool) {
+            let now = self.now;
+            self.eng.handle_packet(now, call, src, now, data, rtcp);
+            self.drain();
+        }
+
+        fn rtp_to(&self, call: &CallKey) -> Vec<Sent> {
+            self.sent
+                .iter()
+                .filter(|(c, s)| c == call && !s.rtcp)
+                .map(|(_, s)| s.clone())
+                .collect()
+        }
+
+        fn rtcp_to(&self, call: &CallKey) -> Vec<Sent> {
+            self.sent
+                .iter()
+                .filter(|(c, s)| c == call && s.rtcp)
+                .map(|(_, s)| s.clone())
+                .collect()
+        }
+    }
+
+    /// Decode the PCMU voice packets a phone received.
+    fn decode(sent: &[Sent]) -> Vec<i16> {
+        let mut pcm = Vec::new();
+        for s in sent {
+            let p = RtpPacket::parse(&s.data).expect("we send valid RTP");
+            if p.payload_type() != PT_PCMU {
+                continue;
+            }
+            let mut frame = [0i16; FRAME_SAMPLES];
+            let n = Law::Pcmu.decode(p.payload(), &mut frame);
+            pcm.extend_from_slice(&frame[..n]);
+        }
+        pcm
+    }
+
+    /// Power of `pcm` at `hz` (Goertzel), normalised by length.
+    fn goertzel(pcm: &[i16], hz: f64) -> f64 {
+        let w = 2.0 * PI * hz / 8000.0;
+        let coeff = 2.0 * w.cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &x in pcm {
+            let s0 = f64::from(x) + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (pcm.len() as f64).powi(2)
+    }
+
+    /// Two phones in one room for `secs`, sending every 20 ms on a phase 7 ms
+    /// off the room's ticks.
+    fn talk(
+        net: &mut Net,
+        phones: &mut [Phone],
+        secs: u32,
+        mut skip: impl FnMut(usize, u32) -> bool,
+    ) {
+        let start = net.now + Duration::from_millis(7);
+        for k in 0..secs * 50 {
+            net.advance_to(start + FRAME * k);
+            for (i, p) in phones.iter_mut().enumerate() {
+                let pkt = p.voice();
+                if !skip(i, k) {
+                    net.receive(p, &pkt);
+                }
+            }
+        }
+        net.advance_to(start + FRAME * (secs * 50));
+    }
+
+    #[test]
+    fn two_callers_hear_each_other_and_not_themselves() {
+        let mut net = Net::new();
+        let mut phones = [
+            Phone::new("a", "192.0.2.10:4000", 1000.0),
+            Phone::new("b", "198.51.100.20:5000", 600.0),
+        ];
+        let t0 = net.now;
+        for p in &phones {
+            net.eng.add_call(t0, p.media("room", &p.src.to_string()));
+        }
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        for (me, other) in [(0, 1), (1, 0)] {
+            let pcm = decode(&net.rtp_to(&phones[me].call));
+            // Skip the jitter buffer's start-up; judge the steady half second.
+            let tail = &pcm[pcm.len() - 4000..];
+            let heard = goertzel(tail, phones[other].tone_hz);
+            let own = goertzel(tail, phones[me].tone_hz);
+            assert!(heard > 1e5, "{me} hears {other}: power {heard}");
+            assert!(
+                heard > 1000.0 * own.max(1.0),
+                "{me} hears itself: {own} vs {heard}"
+            );
+        }
+        let a = net.eng.call_report(&phones[0].call).expect("call a is up");
+        assert_eq!(a.packets_in, 50);
+        assert_eq!(
+            (a.lost, a.duplicates, a.reordered, a.foreign_dropped),
+            (0, 0, 0, 0)
+        );
+        assert!((49..=51).contains(&a.packets_out), "{}", a.packets_out);
+        assert_eq!(net.eng.stats().packets_in, 100);
+        assert_eq!(
+            net.eng.stats().jitter_us.len(),
+            98,
+            "two probation packets unsampled"
+        );
+    }
+
+    #[test]
+    fn lone_caller_gets_silence_at_fifty_packets_per_second() {
+        let mut net = Net::new();
+        let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("solo", "192.0.2.10:4000"));
+        net.advance_to(t0 + Duration::from_secs(1));
+        let rtp = net.rtp_to(&a.call);
+        assert_eq!(rtp.len(), 50);
+        let first = RtpPacket::parse(&rtp[0].data).expect("valid RTP");
+        assert!(first.marker());
+        for (i, s) in rtp.iter().enumerate() {
+            let p = RtpPacket::parse(&s.data).expect("valid RTP");
+            assert_eq!(p.payload_type(), PT_PCMU);
+            assert_eq!(p.ssrc(), first.ssrc());
+            assert_eq!(p.sequence(), first.sequence().wrapping_add(i as u16));
+            assert_eq!(
+                p.timestamp(),
+                first.timestamp().wrapping_add(160 * i as u32)
+            );
+            assert_eq!(
+                s.at,
+                t0 + FRAME * (i as u32 + 1),
+                "on the room's 20 ms phase"
+            );
+            assert!(p.payload().iter().all(|&c| c == Law::Pcmu.silence()));
+        }
+    }
+
+    #[test]
+    fn latches_on_first_packet_and_drops_foreign_sources() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "203.0.113.5:31000", 1000.0);
+        let t0 = net.now;
+        // The SDP says 10.1.1.1:4000 (a private address behind NAT).
+        net.eng.add_call(t0, a.media("r", "10.1.1.1:4000"));
+        net.advance_to(t0 + FRAME * 3);
+        assert!(net
+            .rtp_to(&a.call)
+            .iter()
+            .all(|s| s.dst == addr("10.1.1.1:4000")));
+        let n_before = net.rtp_to(&a.call).len();
+        let pkt = a.voice();
+        net.receive(&a, &pkt);
+        // Someone else sends on the port: dropped, counted, not followed.
+        let mut mallory = Phone::new("m", "198.51.100.66:6666", 300.0);
+        mallory.call = a.call.clone();
+        for _ in 0..3 {
+            let pkt = mallory.voice();
+            net.receive(&mallory, &pkt);
+        }
+        net.advance_to(t0 + FRAME * 10);
+        let after: Vec<_> = net.rtp_to(&a.call).split_off(n_before);
+        assert!(!after.is_empty());
+        assert!(
+            after.iter().all(|s| s.dst == a.src),
+            "symmetric RTP follows the NAT"
+        );
+        let r = net.eng.call_report(&a.call).expect("up");
+        assert_eq!(r.foreign_dropped, 3);
+        assert_eq!(r.packets_in, 1);
+        assert_eq!(r.latched, Some(a.src));
+        assert_eq!(net.eng.stats().foreign_dropped, 3);
+        // RTCP goes to the latched address, port + 1 (RFC 3550 s11).
+        net.advance_to(t0 + Duration::from_secs(6));
+        let rtcp = net.rtcp_to(&a.call);
+        assert_eq!(rtcp.len(), 1);
+        assert_eq!(rtcp[0].dst, addr("203.0.113.5:31001"));
+    }
+
+    #[test]
+    fn media_timeout_fires_once_after_thirty_silent_seconds() {
+        let mut net = Net::new();
+        let mut talker = Phone::new("talker", "192.0.2.1:4000", 500.0);
+        let silent = Phone::new("silent", "192.0.2.2:4000", 500.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, talker.media("r1", "192.0.2.1:4000"));
+        net.eng.add_call(t0, silent.media("r2", "192.0.2.2:4000"));
+        for k in 0..(70 * 50) {
+            net.advance_to(t0 + FRAME * k + Duration::from_millis(3));
+            let pkt = talker.voice();
+            net.receive(&talker, &pkt);
+        }
+        let timeouts: Vec<_> = net
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
+            .collect();
+        assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+        assert_eq!(
+            timeouts[0],
+            &(
+                t0 + DEFAULT_MEDIA_TIMEOUT,
+                MediaEvent::MediaTimeout {
+                    call: silent.call.clone()
+                }
+            )
+        );
+        assert_eq!(net.eng.stats().media_timeouts, 1);
+        let report = net.eng.remove_call(net.now, &silent.call).expect("was up");
+        net.drain();
+        assert!(report.media_timeout);
+        assert_eq!(report.packets_in, 0);
+        assert!(net
+            .events
+            .iter()
+            .any(|(_, e)| *e == MediaEvent::RoomEnded { room: "r2".into() }));
+    }
+
+    /// RFC 4733 packets of one key press: start, updates, three end packets.
+    fn press(net: &mut Net, p: &mut Phone, code: u8, frames: u16) {
+        let ts = p.ts;
+        for k in 1..=frames + 2 {
+            let end = k >= frames;
+            let dur = (k.min(frames) * 160).to_be_bytes();
+            let payload = [code, (u8::from(end) << 7) | 10, dur[0], dur[1]];
+            let pkt = p.packet(PT_EVENT, k == 1, ts, &payload);
+            net.receive(p, &pkt);
+            net.advance_to(net.now + FRAME);
+        }
+        p.ts = p.ts.wrapping_add(u32::from(frames) * 160);
+    }
+
+    #[test]
+    fn dtmf_in_is_one_event_per_key_press() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("ivr", "192.0.2.10:4000"));
+        for _ in 0..3 {
+            let pkt = a.voice();
+            net.receive(&a, &pkt);
+            net.advance_to(net.now + FRAME);
+        }
+        press(&mut net, &mut a, 5, 5);
+        press(&mut net, &mut a, 11, 4);
+        net.advance_to(net.now + Duration::from_secs(1));
+        let digits: Vec<_> = net
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                MediaEvent::Dtmf {
+                    call,
+                    room,
+                    digit,
+                    duration_ms,
+                } => Some((call.clone(), room.clone(), *digit, *duration_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            digits,
+            vec![
+                (a.call.clone(), "ivr".to_owned(), '5', 100),
+                (a.call.clone(), "ivr".to_owned(), '#', 80)
+            ]
+        );
+        let r = net.eng.remove_call(net.now, &a.call).expect("up");
+        assert_eq!(r.dtmf_digits, 2);
+        assert_eq!(r.lost, 0, "events share the sequence space");
+        assert_eq!(net.eng.stats().dtmf_in, 2);
+    }
+
+    #[test]
+    fn send_dtmf_plays_rfc4733_events_in_place_of_voice() {
+        let mut net = Net::new();
+        let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        net.advance_to(t0 + FRAME * 2);
+        assert!(net.eng.send_dtmf(net.now, &a.call, '7', 100));
+        assert!(!net.eng.send_dtmf(net.now, &a.call, '8', 100), "busy");
+        assert!(!net
+            .eng
+            .send_dtmf(net.now, &CallKey("nobody".into()), '1', 100));
+        net.advance_to(t0 + FRAME * 12);
+        let pkts: Vec<_> = net
+            .rtp_to(&a.call)
+            .iter()
+            .map(|s| {
+                let p = RtpPacket::parse(&s.data).expect("valid");
+                (s.at, p.header(), p.payload().to_vec())
+            })
+            .collect();
+        let ev: Vec<_> = pkts
+            .iter()
+            .filter(|(_, h, _)| h.payload_type == PT_EVENT)
+            .collect();
+        // 100 ms = 5 frames: 5 packets, the 5th with E, then 2 more end copies.
+        assert_eq!(ev.len(), 7);
+        let start_ts = ev[0].1.timestamp;
+        let voice_before = pkts[1].1;
+        assert_eq!(start_ts, voice_before.timestamp.wrapping_add(160));
+        for (i, (_, h, p)) in ev.iter().enumerate() {
+            assert_eq!(h.marker, i == 0);
+            assert_eq!(h.timestamp, start_ts);
+            assert_eq!(p[0], 7);
+            assert_eq!(p[1] & 0x80 != 0, i >= 4, "E bit on the last three");
+            let dur = u16::from_be_bytes([p[2], p[3]]);
+            assert_eq!(dur, (160 * (i as u16 + 1)).min(800));
+        }
+        // One packet per tick while the event replaces voice; sequence numbers run on.
+        let seqs: Vec<u16> = pkts.iter().map(|(_, h, _)| h.sequence).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+        let times: Vec<Instant> = pkts.iter().map(|(t, _, _)| *t).collect();
+        let voice_at: Vec<_> = pkts
+            .iter()
+            .filter(|(t, h, _)| h.payload_type == PT_PCMU && *t > ev[0].0)
+            .collect();
+        // Voice resumes at start + 100 ms of RTP time, beside the end copies.
+        assert_eq!(voice_at[0].1.timestamp, start_ts.wrapping_add(800));
+        assert_eq!(voice_at[0].0, ev[5].0);
+        assert!(times.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(net.eng.stats().dtmf_out, 1);
+    }
+
+    #[test]
+    fn lost_input_is_concealed_without_a_gap_in_output_cadence() {
+        let mut net = Net::new();
+        let mut phones = [
+            Phone::new("a", "192.0.2.10:4000", 1000.0),
+            Phone::new("b", "198.51.100.20:5000", 600.0),
+        ];
+        let t0 = net.now;
+        for p in &phones {
+            net.eng.add_call(t0, p.media("room", &p.src.to_string()));
+        }
+        // a loses packets 20, 21, 22 and 30.
+        talk(&mut net, &mut phones, 1, |i, k| {
+            i == 0 && matches!(k, 20..=22 | 30)
+        });
+        let to_b = net.rtp_to(&phones[1].call);
+        assert!(to_b.len() >= 50);
+        for w in to_b.windows(2) {
+            let (p, q) = (
+                RtpPacket::parse(&w[0].data).expect("valid"),
+                RtpPacket::parse(&w[1].data).expect("valid"),
+            );
+            assert_eq!(q.sequence(), p.sequence().wrapping_add(1));
+            assert_eq!(q.timestamp(), p.timestamp().wrapping_add(160));
+            assert_eq!(w[1].at - w[0].at, FRAME);
+        }
+        let r = net.eng.call_report(&phones[0].call).expect("up");
+        assert_eq!(r.lost, 4);
+        assert!(r.concealed_frames >= 4, "{}", r.concealed_frames);
+        // The tone goes on through the holes: the single loss is bridged; the
+        // three-frame hole fades out (while the jitter buffer also waits a
+        // frame or two for a late packet) and the tone comes back.
+        let pcm = decode(&to_b);
+        let frames: Vec<bool> = pcm
+            .chunks(160)
+            .map(|f| f.iter().any(|&s| s.abs() > 200))
+            .collect();
+        let first = frames.iter().position(|&x| x).expect("b hears a");
+        let quiet = frames[first..].iter().filter(|&&x| !x).count();
+        assert!(quiet <= 2, "{frames:?}");
+        assert!(frames[frames.len() - 10..].iter().all(|&x| x));
+    }
+
+    #[test]
+    fn ten_party_mix_is_the_saturated_sum_of_the_other_nine() {
+        let mut net = Net::new();
+        let t0 = net.now;
+        let levels: [i16; 10] = [12000, 9000, -3000, 500, 7000, 6000, -800, 2500, 1000, 100];
+        let codes: Vec<u8> = levels.iter().map(|&l| Law::Pcmu.encode_sample(l)).collect();
+        let mut phones: Vec<Phone> = (0..10)
+            .map(|i| Phone::new(&format!("p{i}"), &format!("192.0.2.{}:4000", i + 1), 0.0))
+            .collect();
+        for p in &phones {
+            net.eng.add_call(t0, p.media("big", &p.src.to_string()));
+        }
+        let start = t0 + Duration::from_millis(5);
+        for k in 0..40 {
+            net.advance_to(start + FRAME * k);
+            for (p, &c) in phones.iter_mut().zip(&codes) {
+                let pkt = p.constant(c);
+                net.receive(p, &pkt);
+            }
+        }
+        net.advance_to(start + FRAME * 40);
+        let decoded: Vec<i32> = codes
+            .iter()
+            .map(|&c| i32::from(Law::Pcmu.decode_sample(c)))
+            .collect();
+        let total: i32 = decoded.iter().sum();
+        let mut saturated = 0;
+        for (i, p) in phones.iter().enumerate() {
+            let last = net.rtp_to(&p.call).pop().expect("sent");
+            let pkt = RtpPacket::parse(&last.data).expect("valid");
+            let want = (total - decoded[i]).clamp(-32768, 32767) as i16;
+            saturated += usize::from(want == i16::MAX);
+            let code = Law::Pcmu.encode_sample(want);
+            assert!(pkt.payload().iter().all(|&c| c == code), "participant {i}");
+        }
+        assert!(
+            (1..10).contains(&saturated),
+            "the test covers both cases: {saturated}"
+        );
+    }
+
+    #[test]
+    fn rtt_from_the_callers_receiver_report() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        let pkt = a.voice();
+        net.receive(&a, &pkt);
+        net.advance_to(t0 + Duration::from_secs(5));
+        let sr = net.rtcp_to(&a.call).pop().expect("first report at 5 s");
+        let (our_ssrc, ntp) = parse_compound(&sr.data)
+            .find_map(|p| match p {
+                Ok(RtcpPacket::SenderReport(s)) => Some((s.ssrc, s.info.ntp)),
+                _ => None,
+            })
+            .expect("we sent media, so an SR");
+        // 20 ms each way, the phone holds the SR for 500 ms before its RR.
+        net.advance_to(sr.at + Duration::from_millis(540));
+        let block = ReportBlock {
+            ssrc: our_ssrc,
+            fraction_lost: 0,
+            cumulative_lost: 0,
+            ext_highest_seq: 0,
+            jitter: 0,
+            lsr: ntp.middle32(),
+            dlsr: 65536 / 2,
+        };
+        let mut buf = [0u8; 64];
+        let n = write_rr(&mut buf, a.ssrc, &[block]).expect("fits");
+        let src = addr("192.0.2.10:4001");
+        net.receive_from(&a.call.clone(), src, &buf[..n], true);
+        let r = net.eng.call_report(&a.call).expect("up");
+        assert_eq!(r.rtt_ms, Some(40));
+        assert_eq!(net.eng.stats().rtcp_in, 1);
+        // A forged report from elsewhere is dropped.
+        net.receive_from(&a.call.clone(), addr("198.51.100.1:4001"), &buf[..n], true);
+        assert_eq!(net.eng.call_report(&a.call).expect("up").foreign_dropped, 1);
+    }
+
+    #[test]
+    fn room_ends_with_its_last_participant() {
+        let mut net = Net::new();
+        let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let b = Phone::new("b", "192.0.2.11:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        net.eng.add_call(t0, b.media("r", "192.0.2.11:4000"));
+        assert_eq!((net.eng.calls(), net.eng.rooms()), (2, 1));
+        net.advance_to(t0 + Duration::from_millis(100));
+        assert!(net.eng.remove_call(net.now, &a.call).is_some());
+        assert!(net.eng.remove_call(net.now, &a.call).is_none());
+        net.drain();
+        assert!(!net
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, MediaEvent::RoomEnded { .. })));
+        // Our BYE went to a's RTCP port.
+        let bye = net.rtcp_to(&a.call).pop().expect("BYE");
+        assert!(parse_compound(&bye.data).any(|p| matches!(p, Ok(RtcpPacket::Goodbye(_)))));
+        net.eng.remove_call(net.now, &b.call).expect("up");
+        net.drain();
+        assert_eq!(
+            net.events.last().map(|(_, e)| e.clone()),
+            Some(MediaEvent::RoomEnded { room: "r".into() })
+        );
+        assert_eq!((net.eng.calls(), net.eng.rooms()), (0, 0));
+        assert_eq!(net.eng.poll_output(net.now), MediaOutput::Idle(None));
+        let s = net.eng.stats();
+        assert_eq!((s.calls_active, s.rooms_active, s.calls_total), (0, 0, 2));
+    }
+
+    #[test]
+    fn packets_for_unknown_calls_and_garbage_are_counted() {
+        let mut net = Net::new();
+        let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        net.receive_from(&CallKey("gone".into()), a.src, &[0x80; 40], false);
+        net.receive(&a, &[0x00, 0x01]);
+        net.receive(&a, &[0x80, 13, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let s = net.eng.stats();
+        assert_eq!((s.unknown_call, s.malformed, s.packets_in), (1, 1, 0));
+        let r = net.eng.call_report(&a.call).expect("up");
+        assert_eq!(r.latched, None, "comfort noise does not latch");
+    }
+}

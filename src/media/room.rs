@@ -1,0 +1,464 @@
+//! A room's audio: who is in it, one jitter buffer per incoming stream, and the
+//! 20 ms mix-minus tick.
+//!
+//! Where it sits in the data flow:
+//!
+//! ```text
+//! RtpSession (per call) --payload Bytes--> Room::push --> participant's JitterBuffer
+//! every 20 ms, Room::mix:
+//!     each participant: JitterBuffer::pop --> G.711 decode | concealment | silence
+//!     sum of all (i32) --> for each participant: sum - own, saturated to i16
+//!     --> Room::mixed() --> the engine hands each frame to its leg (RtpSession::send_frame)
+//! ```
+//!
+//! What it owns: the participants, their jitter buffers and decoders, their last
+//! good frame (for concealment) and the mixing buffers, and the tick schedule.
+//! Not the legs: a participant is a [`ParticipantKind`], today only a SIP
+//! caller named by its call; WebRTC participants join as another kind and bring
+//! their own decoder (Opus at 8 kHz) behind [`Decoder`].
+//!
+//! The mix is N-1 for every listener in O(N): everyone is summed once in i32
+//! (exact for up to 65536 full-scale talkers), and each listener gets the sum
+//! minus its own frame, saturated to i16 only then, so a listener never hears
+//! itself and clipping happens once, at the output.
+//!
+//! Sans-IO: the engine calls [`Room::mix`] at [`Room::next_tick`].
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::g711::{Compander, FRAME_SAMPLES};
+use crate::rtp::jitter_buffer::PushOutcome;
+use crate::rtp::{Frame, JitterBuffer, JitterBufferConfig};
+
+use super::CallKey;
+
+/// The mix interval: one G.711 frame.
+pub const TICK: Duration = Duration::from_millis(20);
+/// If the driver falls behind by more than this many ticks, the missed ticks are
+/// skipped instead of sent in a burst: a burst would only overflow the far
+/// end's jitter buffer.
+pub const MAX_CATCH_UP_TICKS: u32 = 5;
+/// Concealment gain for the 1st, 2nd, 3rd consecutive missing frame, in 1/256:
+/// repeat the last good frame, fading, then silence. Repeating more than ~60 ms
+/// of the same 20 ms sounds like a buzz, worse than a gap (cf. G.711 Appendix I).
+const PLC_GAIN: [i32; 3] = [192, 128, 64];
+
+/// One participant of a room, by what it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ParticipantKind {
+    /// A phone caller: its audio comes and goes through the call's RTP session.
+    Sip(CallKey),
+}
+
+/// A participant's handle within its room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u32);
+
+/// How a participant's payloads become PCM at 8 kHz.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoder {
+    G711(Compander),
+}
+
+impl Decoder {
+    /// Decode one payload into `out` (160 samples); a short payload is padded
+    /// with silence rather than leaving stale samples.
+    fn decode(&self, payload: &[u8], out: &mut [i16; FRAME_SAMPLES]) {
+        let n = match self {
+            Decoder::G711(c) => c.decode(payload, out),
+        };
+        out[n..].fill(0);
+    }
+}
+
+/// Per-participant mixing counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParticipantStats {
+    /// Frames decoded from received audio.
+    pub played: u64,
+    /// Frames made up by concealment (repeat or silence for a missing frame).
+    pub concealed: u64,
+}
+
+struct Participant {
+    id: ParticipantId,
+    kind: ParticipantKind,
+    decoder: Decoder,
+    jitter: JitterBuffer,
+    /// What this participant says this tick.
+    frame: [i16; FRAME_SAMPLES],
+    /// Whether `frame` holds anything (silence is left out of the sum).
+    speaking: bool,
+    /// Last frame decoded from a real packet, for concealment.
+    last: [i16; FRAME_SAMPLES],
+    missing_run: usize,
+    /// What this participant hears this tick.
+    mixed: [i16; FRAME_SAMPLES],
+    stats: ParticipantStats,
+}
+
+impl Participant {
+    /// Fill `frame` for this tick from the jitter buffer.
+    fn pull(&mut self, now: Instant) {
+        match self.jitter.pop(now) {
+            Frame::Audio(payload) => {
+                self.decoder.decode(&payload, &mut self.frame);
+                self.last = self.frame;
+                self.missing_run = 0;
+                self.speaking = true;
+                self.stats.played += 1;
+            }
+            Frame::Missing => {
+                self.stats.concealed += 1;
+                match PLC_GAIN.get(self.missing_run) {
+                    Some(&g) => {
+                        for (o, &s) in self.frame.iter_mut().zip(&self.last) {
+                            *o = ((i32::from(s) * g) >> 8) as i16;
+                        }
+                        self.speaking = true;
+                    }
+                    None => self.speaking = false,
+                }
+                self.missing_run = self.missing_run.saturating_add(1);
+            }
+            Frame::Silence | Frame::NotReady => {
+                self.speaking = false;
+                self.missing_run = 0;
+            }
+        }
+    }
+}
+
+/// A room on its owner shard.
+pub struct Room {
+    name: String,
+    participants: Vec<Participant>,
+    next_id: u32,
+    next_tick: Instant,
+    ticks: u64,
+    skipped_ticks: u64,
+    sum: [i32; FRAME_SAMPLES],
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.name)
+            .field("participants", &self.participants.len())
+            .field("next_tick", &self.next_tick)
+            .field("ticks", &self.ticks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    /// A room whose first mix is one tick after `now`; its ticks stay on that
+    /// phase for its whole life.
+    pub fn new(name: String, now: Instant) -> Room {
+        Room {
+            name,
+            participants: Vec::with_capacity(4),
+            next_id: 0,
+            next_tick: now + TICK,
+            ticks: 0,
+            skipped_ticks: 0,
+            sum: [0; FRAME_SAMPLES],
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn len(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    /// Mix ticks run so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// Ticks skipped because the driver fell too far behind.
+    pub fn skipped_ticks(&self) -> u64 {
+        self.skipped_ticks
+    }
+
+    /// Add a participant with a fresh jitter buffer (allocated here, once).
+    pub fn join(&mut self, kind: ParticipantKind, decoder: Decoder) -> ParticipantId {
+        let id = ParticipantId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        self.participants.push(Participant {
+            id,
+            kind,
+            decoder,
+            jitter: JitterBuffer::new(JitterBufferConfig {
+                frame: TICK,
+                ..JitterBufferConfig::default()
+            }),
+            frame: [0; FRAME_SAMPLES],
+            speaking: false,
+            last: [0; FRAME_SAMPLES],
+            missing_run: 0,
+            mixed: [0; FRAME_SAMPLES],
+            stats: ParticipantStats::default(),
+        });
+        id
+    }
+
+    /// Remove a participant; its counters are returned. The room is over when
+    /// [`is_empty`](Self::is_empty) afterwards.
+    pub fn leave(&mut self, id: ParticipantId) -> Option<ParticipantStats> {
+        let i = self.participants.iter().position(|p| p.id == id)?;
+        Some(self.participants.remove(i).stats)
+    }
+
+    fn participant_mut(&mut self, id: ParticipantId) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| p.id == id)
+    }
+
+    pub fn participant_stats(&self, id: ParticipantId) -> Option<ParticipantStats> {
+        self.participants
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.stats)
+    }
+
+    /// A re-INVITE changed the participant's codec.
+    pub fn set_decoder(&mut self, id: ParticipantId, decoder: Decoder) {
+        if let Some(p) = self.participant_mut(id) {
+            p.decoder = decoder;
+        }
+    }
+
+    /// One received voice packet of `id`'s stream.
+    pub fn push(
+        &mut self,
+        id: ParticipantId,
+        sequence: u16,
+        timestamp: u32,
+        arrival: Instant,
+        payload: Bytes,
+    ) -> Option<PushOutcome> {
+        let p = self.participant_mut(id)?;
+        Some(p.jitter.push(sequence, timestamp, arrival, payload))
+    }
+
+    /// `id`'s stream changed source: its sequence and timing start over.
+    pub fn reset_stream(&mut self, id: ParticipantId) {
+        if let Some(p) = self.participant_mut(id) {
+            p.jitter.reset();
+        }
+    }
+
+    /// When the next mix is due.
+    pub fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// The time of the tick to run now, if one is due; advances the schedule.
+    /// A driver more than [`MAX_CATCH_UP_TICKS`] late skips to the latest tick
+    /// (keeping the phase) instead of bursting.
+    pub fn due(&mut self, now: Instant) -> Option<Instant> {
+        if now < self.next_tick {
+            return None;
+        }
+        let behind = now.duration_since(self.next_tick);
+        let late_ticks = (behind.as_micros() / TICK.as_micros()) as u32;
+        if late_ticks > MAX_CATCH_UP_TICKS {
+            self.next_tick += TICK * late_ticks;
+            self.skipped_ticks += u64::from(late_ticks);
+        }
+        let at = self.next_tick;
+        self.next_tick += TICK;
+        Some(at)
+    }
+
+    /// Run one mix tick at `now`: afterwards [`mixed`](Self::mixed) yields what
+    /// each participant hears.
+    pub fn mix(&mut self, now: Instant) {
+        self.ticks += 1;
+        self.sum.fill(0);
+        for p in &mut self.participants {
+            p.pull(now);
+            if p.speaking {
+                for (s, &x) in self.sum.iter_mut().zip(&p.frame) {
+                    *s += i32::from(x);
+                }
+            }
+        }
+        for p in &mut self.participants {
+            if p.speaking {
+                for ((m, &s), &own) in p.mixed.iter_mut().zip(&self.sum).zip(&p.frame) {
+                    *m = saturate(s - i32::from(own));
+                }
+            } else {
+                for (m, &s) in p.mixed.iter_mut().zip(&self.sum) {
+                    *m = saturate(s);
+                }
+            }
+        }
+    }
+
+    /// What each participant hears, from the last [`mix`](Self::mix).
+    pub fn mixed(
+        &self,
+    ) -> impl Iterator<Item = (ParticipantId, &ParticipantKind, &[i16; FRAME_SAMPLES])> {
+        self.participants.iter().map(|p| (p.id, &p.kind, &p.mixed))
+    }
+}
+
+#[inline]
+fn saturate(x: i32) -> i16 {
+    x.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::g711::Law;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn call(n: &str) -> ParticipantKind {
+        ParticipantKind::Sip(CallKey(n.into()))
+    }
+
+    fn pcmu() -> Decoder {
+        Decoder::G711(Compander::new(Law::Pcmu))
+    }
+
+    #[test]
+    fn saturates_at_both_ends() {
+        assert_eq!(saturate(40_000), i16::MAX);
+        assert_eq!(saturate(-40_000), i16::MIN);
+        assert_eq!(saturate(-5), -5);
+    }
+
+    #[test]
+    fn schedule_keeps_phase_and_skips_long_stalls() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        assert_eq!(r.due(t), None);
+        assert_eq!(r.due(t + TICK), Some(t + TICK));
+        assert_eq!(r.due(t + TICK), None);
+        // Two ticks late: both run, in order.
+        assert_eq!(r.due(t + TICK * 4), Some(t + TICK * 2));
+        assert_eq!(r.due(t + TICK * 4), Some(t + TICK * 3));
+        assert_eq!(r.due(t + TICK * 4), Some(t + TICK * 4));
+        assert_eq!(r.due(t + TICK * 4), None);
+        // A second-long stall: skip to the latest tick on the same phase.
+        let late = t + TICK * 54 + Duration::from_millis(7);
+        assert_eq!(r.due(late), Some(t + TICK * 54));
+        assert_eq!(r.due(late), None);
+        assert_eq!(r.skipped_ticks(), 49);
+        assert_eq!(r.next_tick(), t + TICK * 55);
+    }
+
+    /// Feed constant frames to three participants until they play, then check
+    /// the exact mix-minus.
+    #[test]
+    fn mix_minus_is_exact_and_saturates() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        let law = Law::Pcmu;
+        let codes = [
+            law.encode_sample(20_000),
+            law.encode_sample(16_000),
+            law.encode_sample(-300),
+        ];
+        let ids: Vec<_> = (0..3)
+            .map(|i| r.join(call(&i.to_string()), pcmu()))
+            .collect();
+        for k in 0..20u16 {
+            let at = t + TICK * u32::from(k);
+            for (i, id) in ids.iter().enumerate() {
+                let payload = Bytes::from(vec![codes[i]; FRAME_SAMPLES]);
+                r.push(*id, k, u32::from(k) * 160, at, payload);
+            }
+            while let Some(tick) = r.due(at) {
+                r.mix(tick);
+            }
+        }
+        let v: Vec<i32> = codes
+            .iter()
+            .map(|&c| i32::from(law.decode_sample(c)))
+            .collect();
+        let heard: Vec<i16> = r.mixed().map(|(_, _, f)| f[0]).collect();
+        assert_eq!(heard[0], saturate(v[1] + v[2]));
+        assert_eq!(heard[1], saturate(v[0] + v[2]));
+        assert_eq!(heard[2], i16::MAX, "20000 + 16000 saturates");
+        assert!(r.mixed().all(|(_, _, f)| f.iter().all(|&s| s == f[0])));
+    }
+
+    #[test]
+    fn missing_frame_repeats_fading_then_silence() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        let a = r.join(call("a"), pcmu());
+        let b = r.join(call("b"), pcmu());
+        let code = Law::Pcmu.encode_sample(8000);
+        let level = i32::from(Law::Pcmu.decode_sample(code));
+        let mut heard_by_b = Vec::new();
+        // a sends 10 frames, then stops (as if lost); b is silent.
+        for k in 0..30u16 {
+            let at = t + TICK * u32::from(k);
+            if k < 10 {
+                r.push(
+                    a,
+                    k,
+                    u32::from(k) * 160,
+                    at,
+                    Bytes::from(vec![code; FRAME_SAMPLES]),
+                );
+            }
+            while let Some(tick) = r.due(at) {
+                r.mix(tick);
+                let f = r.mixed().find(|(id, _, _)| *id == b).map(|(_, _, f)| f[0]);
+                heard_by_b.push(f.unwrap_or_default());
+            }
+        }
+        let first_gap = heard_by_b
+            .iter()
+            .rposition(|&s| i32::from(s) == level)
+            .expect("a's audio was played")
+            + 1;
+        assert_eq!(
+            &heard_by_b[first_gap..first_gap + 4],
+            &[
+                ((level * 192) >> 8) as i16,
+                ((level * 128) >> 8) as i16,
+                ((level * 64) >> 8) as i16,
+                0
+            ]
+        );
+        assert!(heard_by_b[first_gap + 3..].iter().all(|&s| s == 0));
+        assert!(r.participant_stats(a).unwrap().concealed >= 3);
+    }
+
+    #[test]
+    fn lone_participant_hears_silence_and_room_empties() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        let a = r.join(call("a"), pcmu());
+        r.push(a, 1, 160, t, Bytes::from(vec![0x10; FRAME_SAMPLES]));
+        for k in 1..10u32 {
+            while let Some(tick) = r.due(t + TICK * k) {
+                r.mix(tick);
+                assert!(r.mixed().all(|(_, _, f)| f.iter().all(|&s| s == 0)));
+            }
+        }
+        assert_eq!(r.ticks(), 9);
+        assert!(r.leave(a).is_some());
+        assert!(r.leave(a).is_none());
+        assert!(r.is_empty());
+    }
+}

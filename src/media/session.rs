@@ -1,0 +1,501 @@
+//! The RTP session of one call leg: everything between the call's UDP port and
+//! its seat in the room that is about *this* leg, not about mixing.
+//!
+//! Where it sits in the data flow:
+//!
+//! ```text
+//! socket --datagram--> MediaEngine::handle_packet --> RtpSession::on_rtp
+//!     latching + source check --> ReceiveStats (loss, jitter µs) --> DTMF receiver
+//!     --> Inbound::Audio { seq, ts, payload range } --> Room jitter buffer
+//! Room mix tick --PCM frame--> RtpSession::send_frame --> G.711 encode | RFC 4733 event
+//!     --> RTP header (our SSRC/seq/ts) --> Outbox --> MediaOutput::Transmit
+//! RtpSession::on_rtcp / handle_timeout --> RtcpSession (SR/RR every ~5 s, RTT)
+//! ```
+//!
+//! What it owns: the symmetric-RTP latch (RFC 4961 s4: send where the caller's
+//! packets come from, drop everyone else's), the receive statistics, the RTCP
+//! schedule, the RFC 4733 receiver and sender, the media-timeout clock, and our
+//! outgoing stream's SSRC, sequence number and timestamp (RFC 3550 s5.1).
+//!
+//! Sans-IO like the rest of `media`: every method takes `now`; nothing here reads
+//! a clock or touches a socket. Nothing allocates per packet: packets are written
+//! into the engine's [`Outbox`] arena.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::codec::g711::{Compander, FRAME_SAMPLES};
+use crate::rtp::{
+    is_rtcp, DtmfEvent, DtmfReceiver, DtmfSender, NtpTime, PacketClass, ReceiveStats, RtcpSession,
+    RtpHeader, RtpPacket,
+};
+
+use super::{CallKey, CallMediaReport, Codec, Outbox};
+
+/// RTP clock of G.711 and of telephone-event beside it (RFC 3551 s4.5.14).
+pub const CLOCK_RATE: u32 = 8000;
+/// We send one 20 ms frame per mix tick, whatever `a=ptime` asked for: the
+/// room mixes in 20 ms steps, and `ptime` is a preference of the receiver
+/// (RFC 4566 s6), which every trunk we know accepts at 20 ms.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// Volume of the DTMF events we send, -dBm0 (RFC 4733 s2.3.4): what phones send.
+const DTMF_VOLUME: u8 = 10;
+/// Largest RTCP compound we write: SR with one block (52) + SDES CNAME (<= 264) + BYE (8).
+pub(crate) const RTCP_MAX: usize = 340;
+/// RTP header (12) + one 20 ms G.711 frame (160).
+pub(crate) const RTP_MAX: usize = 12 + FRAME_SAMPLES;
+
+/// Why an incoming datagram was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// From an address other than the latched one (RFC 4961 s4).
+    Foreign,
+    /// Not a valid RTP/RTCP packet.
+    Malformed,
+    /// A payload type the SDP answer did not negotiate (comfort noise, video...).
+    UnknownPayloadType(u8),
+    /// Duplicate, unconfirmed sequence jump, or an SSRC still on probation
+    /// while another source is live ([`PacketClass`]).
+    Rejected(PacketClass),
+}
+
+/// What [`RtpSession::on_rtp`] made of a datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A voice frame for the room's jitter buffer.
+    Audio {
+        sequence: u16,
+        timestamp: u32,
+        /// Where the payload sits in the datagram.
+        payload: Range<usize>,
+        /// The stream changed source (new SSRC): the jitter buffer starts over.
+        new_stream: bool,
+        /// The jitter estimate this packet produced, µs, if it was sampled.
+        jitter_us: Option<u64>,
+    },
+    /// A telephone-event packet (digits come out of [`RtpSession::poll_dtmf`]).
+    Event {
+        jitter_us: Option<u64>,
+    },
+    /// An RTCP packet, taken in.
+    Rtcp,
+    Dropped(Dropped),
+}
+
+/// Send-side and drop counters of one leg (receive counters live in
+/// [`ReceiveStats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rtcp_in: u64,
+    pub rtcp_out: u64,
+    pub foreign_dropped: u64,
+    pub malformed: u64,
+    pub unknown_payload_type: u64,
+    pub dtmf_digits_in: u64,
+    pub dtmf_packets_out: u64,
+}
+
+/// What a session is told at setup (and at a re-INVITE).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub codec: Codec,
+    pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    /// Where the SDP says to send RTP (c= address, m= port).
+    pub remote: SocketAddr,
+    pub media_timeout: Duration,
+}
+
+/// Our outgoing stream's random starting point (RFC 3550 s5.1, s8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSeed {
+    pub ssrc: u32,
+    pub sequence: u16,
+    pub timestamp: u32,
+}
+
+/// The RTP session of one call.
+pub struct RtpSession {
+    call: CallKey,
+    cfg: SessionConfig,
+    encoder: Compander,
+    /// Symmetric RTP: the source address of the caller's RTP, once seen.
+    latched: Option<SocketAddr>,
+    /// The same for RTCP, which a NAT maps independently.
+    rtcp_latched: Option<SocketAddr>,
+    /// Origin of the µs arrival times given to `ReceiveStats`.
+    epoch: Instant,
+    stats: ReceiveStats,
+    rtcp: RtcpSession,
+    dtmf_rx: DtmfReceiver,
+    dtmf_tx: DtmfSender,
+    ssrc: u32,
+    sequence: u16,
+    /// RTP timestamp of the next frame we send.
+    timestamp: u32,
+    sent_any: bool,
+    last_rtp: Instant,
+    timed_out: bool,
+    counters: SessionCounters,
+    /// Loss already folded into the shard's total.
+    lost_reported: i64,
+}
+
+impl std::fmt::Debug for RtpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpSession")
+            .field("call", &self.call)
+            .field("latched", &self.latched)
+            .field("ssrc", &self.ssrc)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RtpSession {
+    /// `ntp_now` is the wall-clock time of `now` for our sender reports.
+    pub fn new(
+        now: Instant,
+        ntp_now: NtpTime,
+        call: CallKey,
+        cfg: SessionConfig,
+        seed: StreamSeed,
+        cname: &str,
+    ) -> RtpSession {
+        RtpSession {
+            encoder: Compander::new(cfg.codec.law()),
+            latched: None,
+            rtcp_latched: None,
+            // Arrival times a little before setup (a kernel timestamp of a packet
+            // that raced the 200 OK) must not saturate to the origin.
+            epoch: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
+            stats: ReceiveStats::new(CLOCK_RATE),
+            rtcp: RtcpSession::new(seed.ssrc, cname, CLOCK_RATE, now, ntp_now),
+            dtmf_rx: DtmfReceiver::new(CLOCK_RATE),
+            dtmf_tx: DtmfSender::new(CLOCK_RATE, FRAME, DTMF_VOLUME),
+            ssrc: seed.ssrc,
+            sequence: seed.sequence,
+            timestamp: seed.timestamp,
+            sent_any: false,
+            last_rtp: now,
+            timed_out: false,
+            counters: SessionCounters::default(),
+            lost_reported: 0,
+            call,
+            cfg,
+        }
+    }
+
+    pub fn call(&self) -> &CallKey {
+        &self.call
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    pub fn counters(&self) -> SessionCounters {
+        self.counters
+    }
+
+    pub fn receive_stats(&self) -> &ReceiveStats {
+        &self.stats
+    }
+
+    /// The caller's RTP source address, once latched.
+    pub fn latched(&self) -> Option<SocketAddr> {
+        self.latched
+    }
+
+    /// A re-INVITE changed the media description. A new remote address undoes
+    /// the latch: the caller moved, and its first packets from there re-latch.
+    pub fn renegotiate(&mut self, cfg: SessionConfig) {
+        if cfg.remote != self.cfg.remote {
+            self.latched = None;
+            self.rtcp_latched = None;
+        }
+        self.encoder = Compander::new(cfg.codec.law());
+        self.cfg = cfg;
+    }
+
+    /// Where our RTP goes: the latched source, else the SDP address.
+    pub fn rtp_destination(&self) -> SocketAddr {
+        self.latched.unwrap_or(self.cfg.remote)
+    }
+
+    /// Where our RTCP goes: the latched RTCP source, else RTP port + 1
+    /// (RFC 3550 s11) of wherever RTP goes. `None` if RTP is on port 65535.
+    pub fn rtcp_destination(&self) -> Option<SocketAddr> {
+        if let Some(a) = self.rtcp_latched {
+            return Some(a);
+        }
+        let mut a = self.rtp_destination();
+        a.set_port(a.port().checked_add(1)?);
+        Some(a)
+    }
+
+    fn arrival_us(&self, arrival: Instant) -> u64 {
+        arrival.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Take one datagram received on the call's RTP port (`rtcp == false`) or
+    /// RTCP port. An RTCP packet on the RTP port (rtcp-mux, RFC 5761 s4) is
+    /// recognised and taken as RTCP.
+    pub fn on_rtp(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        arrival: Instant,
+        data: &[u8],
+        rtcp: bool,
+    ) -> Inbound {
+        if rtcp || is_rtcp(data) {
+            return self.on_rtcp(now, src, data);
+        }
+        let Ok(pkt) = RtpPacket::parse(data) else {
+            self.counters.malformed += 1;
+            return Inbound::Dropped(Dropped::Malformed);
+        };
+        // RFC 4961 s4 (symmetric RTP): once the caller's address is known, packets
+        // from anywhere else are someone else's (or an attack) and never reach
+        // the room; we do not follow them either.
+        if self.latched.is_some_and(|l| l != src) {
+            self.counters.foreign_dropped += 1;
+            return Inbound::Dropped(Dropped::Foreign);
+        }
+        let pt = pkt.payload_type();
+        let is_event = self.cfg.telephone_event == Some(pt);
+        if pt != self.cfg.payload_type && !is_event {
+            // Not latching on these: a stray comfort-noise or video packet from a
+            // scanner must not steal the call's media.
+            self.counters.unknown_payload_type += 1;
+            return Inbound::Dropped(Dropped::UnknownPayloadType(pt));
+        }
+        self.latched.get_or_insert(src);
+        self.last_rtp = now;
+        let had_source = self.stats.ssrc().is_some();
+        let class = self.stats.on_packet(
+            pkt.ssrc(),
+            pkt.sequence(),
+            pkt.timestamp(),
+            data.len(),
+            self.arrival_us(arrival),
+        );
+        let jitter_us = class.is_accepted().then(|| self.stats.jitter_us());
+        // The first packet of the very first source is on probation (RFC 3550
+        // A.1) but is the caller's audio all the same: play it. Probation while
+        // another source is live is a stranger's stream: drop it.
+        let usable = class.is_accepted() || (class == PacketClass::Probation && !had_source);
+        if !usable {
+            return Inbound::Dropped(Dropped::Rejected(class));
+        }
+        if is_event {
+            // Malformed or non-DTMF events (flash, fax tones) are not digits:
+            // nothing to tell the room.
+            let _ = self.dtmf_rx.on_packet(&pkt.header(), pkt.payload(), now);
+            return Inbound::Event { jitter_us };
+        }
+        let new_stream =
+            (class == PacketClass::NewSource && had_source) || class == PacketClass::Restarted;
+        Inbound::Audio {
+            sequence: pkt.sequence(),
+            timestamp: pkt.timestamp(),
+            payload: pkt.payload_range(),
+            new_stream,
+            jitter_us,
+        }
+    }
+
+    fn on_rtcp(&mut self, now: Instant, src: SocketAddr, data: &[u8]) -> Inbound {
+        if self.rtcp_latched.is_some_and(|l| l != src) {
+            self.counters.foreign_dropped += 1;
+            return Inbound::Dropped(Dropped::Foreign);
+        }
+        // RTCP is only believed from the caller's host once RTP latched: the
+        // port may differ (NAT), the address may not.
+        if self.latched.is_some_and(|l| l.ip() != src.ip()) {
+            self.counters.foreign_dropped += 1;
+            return Inbound::Dropped(Dropped::Foreign);
+        }
+        match self.rtcp.handle_rtcp(data, now) {
+            Ok(_) => {
+                self.rtcp_latched.get_or_insert(src);
+                self.counters.rtcp_in += 1;
+                Inbound::Rtcp
+            }
+            Err(_) => {
+                self.counters.malformed += 1;
+                Inbound::Dropped(Dropped::Malformed)
+            }
+        }
+    }
+
+    /// The next finished incoming digit.
+    pub fn poll_dtmf(&mut self) -> Option<DtmfEvent> {
+        let ev = self.dtmf_rx.poll_event()?;
+        self.counters.dtmf_digits_in += 1;
+        Some(ev)
+    }
+
+    /// Start playing `digit` to the caller as RFC 4733 events for `duration`,
+    /// in place of the voice frames. False if no telephone-event was
+    /// negotiated, the digit is not DTMF, or another digit is still playing.
+    pub fn send_dtmf(&mut self, digit: char, duration: Duration) -> bool {
+        if self.cfg.telephone_event.is_none() {
+            return false;
+        }
+        // The event starts at the timestamp the next voice frame would have had
+        // (RFC 4733 s2.5.1.1), so our timeline stays continuous.
+        self.dtmf_tx.start(digit, duration, self.timestamp).is_ok()
+    }
+
+    pub fn is_sending_dtmf(&self) -> bool {
+        self.dtmf_tx.is_sending()
+    }
+
+    /// Send one 20 ms frame of the room's mix (`pcm`, 160 samples) to the
+    /// caller, or the DTMF event packet that replaces it.
+    pub fn send_frame(&mut self, now: Instant, pcm: &[i16], out: &mut Outbox) {
+        let dst = self.rtp_destination();
+        if let Some(te) = self.cfg.telephone_event {
+            if let Some(ev) = self.dtmf_tx.next_packet() {
+                let header = RtpHeader {
+                    marker: ev.marker,
+                    payload_type: te,
+                    sequence: self.sequence,
+                    timestamp: ev.timestamp,
+                    ssrc: self.ssrc,
+                };
+                let n = out.transmit(&self.call, dst, false, RTP_MAX, |buf| {
+                    header.write(&ev.payload, buf).ok()
+                });
+                self.sent(now, ev.timestamp, n, ev.payload.len());
+                self.counters.dtmf_packets_out += 1;
+                if ev.replaces_voice {
+                    self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                    return;
+                }
+            }
+        }
+        let header = RtpHeader {
+            // RFC 3551 s4.1: the marker flags the first packet of a talkspurt;
+            // we never suppress silence, so only the very first one.
+            marker: !self.sent_any,
+            payload_type: self.cfg.payload_type,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+        };
+        let encoder = self.encoder;
+        let samples = pcm.len().min(FRAME_SAMPLES);
+        let n = out.transmit(&self.call, dst, false, RTP_MAX, |buf| {
+            let len = header.write_header(buf).ok()?;
+            Some(len + encoder.encode(&pcm[..samples], &mut buf[len..]))
+        });
+        self.sent(now, self.timestamp, n, samples);
+        self.sent_any = true;
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+    }
+
+    fn sent(&mut self, now: Instant, timestamp: u32, written: Option<usize>, payload_len: usize) {
+        let Some(n) = written else { return };
+        self.sequence = self.sequence.wrapping_add(1);
+        self.counters.packets_out += 1;
+        self.counters.bytes_out += n as u64;
+        self.rtcp.on_rtp_sent(now, timestamp, payload_len);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.rtcp.poll_timeout();
+        if !self.timed_out {
+            t = t.min(self.last_rtp + self.cfg.media_timeout);
+        }
+        if let Some(d) = self.dtmf_rx.poll_timeout() {
+            t = t.min(d);
+        }
+        t
+    }
+
+    /// RTCP reports due, digits whose end never came. Returns true exactly
+    /// once, when the caller has sent no RTP for the media timeout.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) -> bool {
+        self.dtmf_rx.handle_timeout(now);
+        if now >= self.rtcp.poll_timeout() {
+            if let Some(dst) = self.rtcp_destination() {
+                let (rtcp, stats) = (&mut self.rtcp, &mut self.stats);
+                let n = out.transmit(&self.call, dst, true, RTCP_MAX, |buf| {
+                    rtcp.poll_transmit(now, Some(stats), buf).ok().flatten()
+                });
+                if n.is_some() {
+                    self.counters.rtcp_out += 1;
+                }
+            } else {
+                // No port to send to: keep the schedule moving.
+                let _ = self.rtcp.poll_transmit(now, None, &mut [0u8; RTCP_MAX]);
+            }
+        }
+        if !self.timed_out && now >= self.last_rtp + self.cfg.media_timeout {
+            self.timed_out = true;
+            return true;
+        }
+        false
+    }
+
+    /// A final report and our BYE (RFC 3550 s6.6), at hangup.
+    pub fn send_bye(&mut self, now: Instant, out: &mut Outbox) {
+        let Some(dst) = self.rtcp_destination() else {
+            return;
+        };
+        let (rtcp, stats) = (&mut self.rtcp, &mut self.stats);
+        let n = out.transmit(&self.call, dst, true, RTCP_MAX, |buf| {
+            rtcp.write_bye(now, Some(stats), buf).ok()
+        });
+        if n.is_some() {
+            self.counters.rtcp_out += 1;
+        }
+    }
+
+    /// Loss counted since the last call, for the shard's running total.
+    pub fn take_lost_delta(&mut self) -> i64 {
+        let lost = self.stats.counters().lost;
+        let d = lost - self.lost_reported;
+        self.lost_reported = lost;
+        d
+    }
+
+    /// The leg's figures for the call record.
+    pub fn report(&self, concealed_frames: u64) -> CallMediaReport {
+        let rx = self.stats.counters();
+        CallMediaReport {
+            packets_in: rx.packets,
+            packets_out: self.counters.packets_out,
+            bytes_in: rx.bytes,
+            bytes_out: self.counters.bytes_out,
+            lost: rx.lost,
+            reordered: rx.reordered,
+            duplicates: rx.duplicates,
+            foreign_dropped: self.counters.foreign_dropped,
+            malformed: self.counters.malformed,
+            jitter_p50_us: self.stats.jitter_p50_us(),
+            jitter_p99_us: self.stats.jitter_p99_us(),
+            jitter_max_us: self.stats.jitter_max_us(),
+            dtmf_digits: self.counters.dtmf_digits_in,
+            rtt_ms: self
+                .rtcp
+                .rtt()
+                .map(|d| u32::try_from((d.as_micros() + 500) / 1000).unwrap_or(u32::MAX)),
+            concealed_frames,
+            codec: self.cfg.codec,
+            latched: self.latched,
+            media_timeout: self.timed_out,
+        }
+    }
+}
