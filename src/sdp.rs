@@ -797,7 +797,7 @@ fn choose(
 /// 10 ms steps (what a G.711 packetizer fed 10 ms frames can make), capped by
 /// maxptime; anything else gets the 20 ms default that every trunk accepts.
 fn ptime_for(m: &Media<'_>, session_ptime: Option<u16>) -> u16 {
-    let ok = |ms: u16| (10..=60).contains(&ms) && ms % 10 == 0;
+    let ok = |ms: u16| (10..=60).contains(&ms) && ms.is_multiple_of(10);
     let mut ptime = m
         .ptime
         .or(session_ptime)

@@ -619,12 +619,11 @@ impl SipMessage {
     pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &str> {
         let list = name.is_list();
         self.header_values_raw(name).flat_map(move |v| {
-            let parts: Box<dyn Iterator<Item = &str>> = if list {
-                Box::new(split_list(v))
+            if list {
+                split_list(v)
             } else {
-                Box::new(std::iter::once(v))
-            };
-            parts
+                ListItems::whole(v)
+            }
         })
     }
 
@@ -887,35 +886,58 @@ fn parse_start_line(
 }
 
 /// Split a list header value on commas outside quotes and angle brackets.
-pub fn split_list(v: &str) -> impl Iterator<Item = &str> {
-    let b = v.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    let mut quoted = false;
-    let mut angle = false;
-    let mut out: Vec<&str> = Vec::new();
-    while i < b.len() {
-        match b[i] {
-            b'\\' if quoted => i += 1,
-            b'"' => quoted = !quoted,
-            b'<' if !quoted => angle = true,
-            b'>' if !quoted => angle = false,
-            b',' if !quoted && !angle => {
-                let part = v[start..i].trim();
-                if !part.is_empty() {
-                    out.push(part);
-                }
-                start = i + 1;
-            }
-            _ => {}
+pub fn split_list(v: &str) -> ListItems<'_> {
+    ListItems { v, pos: 0 }
+}
+
+/// Items of a comma-separated header value, split lazily without allocating.
+#[derive(Clone, Debug)]
+pub struct ListItems<'a> {
+    v: &'a str,
+    pos: usize,
+}
+
+impl<'a> ListItems<'a> {
+    /// One item: the whole value, unsplit (for headers that are not lists).
+    fn whole(v: &'a str) -> ListItems<'a> {
+        ListItems { v, pos: usize::MAX }
+    }
+}
+
+impl<'a> Iterator for ListItems<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        if self.pos == usize::MAX {
+            self.pos = self.v.len() + 1;
+            let w = self.v.trim();
+            return (!w.is_empty()).then_some(w);
         }
-        i += 1;
+        let b = self.v.as_bytes();
+        while self.pos <= b.len() {
+            let start = self.pos;
+            let mut i = start;
+            let mut quoted = false;
+            let mut angle = false;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if quoted => i += 1,
+                    b'"' => quoted = !quoted,
+                    b'<' if !quoted => angle = true,
+                    b'>' if !quoted => angle = false,
+                    b',' if !quoted && !angle => break,
+                    _ => {}
+                }
+                i += 1;
+            }
+            let end = i.min(b.len());
+            self.pos = end + 1;
+            let part = self.v[start..end].trim();
+            if !part.is_empty() {
+                return Some(part);
+            }
+        }
+        None
     }
-    let part = v[start.min(v.len())..].trim();
-    if !part.is_empty() {
-        out.push(part);
-    }
-    out.into_iter()
 }
 
 /// CSeq: sequence number and method (RFC 3261 s20.16).
