@@ -1322,4 +1322,147 @@ mod tests {
         let r = net.eng.call_report(&a.call).expect("up");
         assert_eq!(r.latched, None, "comfort noise does not latch");
     }
+
+    #[test]
+    fn hold_address_sends_nothing_until_the_caller_speaks() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "0.0.0.0:4000"));
+        net.advance_to(t0 + Duration::from_secs(1));
+        assert!(net.rtp_to(&a.call).is_empty(), "RFC 3264 s8.4: c=0.0.0.0");
+        let pkt = a.voice();
+        net.receive(&a, &pkt);
+        net.advance_to(t0 + Duration::from_secs(2));
+        let rtp = net.rtp_to(&a.call);
+        assert_eq!(rtp.len(), 50);
+        assert!(rtp.iter().all(|s| s.dst == a.src));
+        // The timeline ran on through the silent second.
+        let p = RtpPacket::parse(&rtp[1].data).expect("valid");
+        let q = RtpPacket::parse(&rtp[0].data).expect("valid");
+        assert_eq!(p.timestamp().wrapping_sub(q.timestamp()), 160);
+    }
+
+    #[test]
+    fn a_new_ssrc_mid_call_is_followed() {
+        let mut net = Net::new();
+        let mut phones = [
+            Phone::new("a", "192.0.2.10:4000", 1000.0),
+            Phone::new("b", "198.51.100.20:5000", 600.0),
+        ];
+        let t0 = net.now;
+        for p in &phones {
+            net.eng.add_call(t0, p.media("room", &p.src.to_string()));
+        }
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        // The trunk switches a's stream (a transfer on its side): new SSRC,
+        // sequence and timestamp base, same address.
+        phones[0].ssrc ^= 0xffff;
+        phones[0].seq = phones[0].seq.wrapping_add(30_000);
+        phones[0].ts = phones[0].ts.wrapping_add(1 << 30);
+        let n_before = net.rtp_to(&phones[1].call).len();
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let to_b = net.rtp_to(&phones[1].call).split_off(n_before);
+        let pcm = decode(&to_b);
+        let tail = &pcm[pcm.len() - 4000..];
+        assert!(goertzel(tail, 1000.0) > 1e5, "b hears a's new stream");
+    }
+
+    #[test]
+    fn reordering_and_duplicates_are_counted_not_lost() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        let mut held = None;
+        for k in 0..50u32 {
+            net.advance_to(t0 + FRAME * k + Duration::from_millis(3));
+            let pkt = a.voice();
+            match k {
+                10 => held = Some(pkt),
+                11 => {
+                    net.receive(&a, &pkt);
+                    let late = held.take().expect("held at 10");
+                    net.receive(&a, &late);
+                }
+                20 => {
+                    net.receive(&a, &pkt);
+                    net.receive(&a, &pkt);
+                }
+                _ => net.receive(&a, &pkt),
+            }
+        }
+        let r = net.eng.call_report(&a.call).expect("up");
+        assert_eq!((r.lost, r.reordered, r.duplicates), (0, 1, 1));
+        assert_eq!(r.packets_in, 51);
+    }
+
+    #[test]
+    fn a_digit_whose_end_packets_were_lost_is_reported_once() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        let ts = a.ts;
+        for k in 1..=4u16 {
+            let dur = (k * 160).to_be_bytes();
+            let pkt = a.packet(PT_EVENT, k == 1, ts, &[9, 10, dur[0], dur[1]]);
+            net.receive(&a, &pkt);
+            net.advance_to(net.now + FRAME);
+        }
+        net.advance_to(net.now + Duration::from_secs(2));
+        let digits: Vec<_> = net
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, MediaEvent::Dtmf { digit: '9', .. }))
+            .collect();
+        assert_eq!(digits.len(), 1, "{:?}", net.events);
+    }
+
+    proptest::proptest! {
+        /// Hostile datagrams (random bytes, and random bytes behind a valid
+        /// RTP or RTCP header) from the caller's and a stranger's address,
+        /// between ticks: nothing panics, the caller keeps getting exactly one
+        /// packet per tick, and the engine goes idle every time.
+        #[test]
+        fn hostile_input_never_breaks_the_cadence(
+            packets in proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(proptest::num::u8::ANY, 0..300), proptest::bool::ANY),
+                1..120,
+            )
+        ) {
+            let mut net = Net::new();
+            let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+            let stranger: SocketAddr = addr("203.0.113.99:999");
+            let t0 = net.now;
+            net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+            for (i, (kind, mut bytes, from_caller)) in packets.into_iter().enumerate() {
+                match kind {
+                    0 => {}
+                    1 if bytes.len() >= 12 => {
+                        bytes[0] = 0x80;
+                        bytes[1] &= 0x7f;
+                    }
+                    2 if bytes.len() >= 8 => {
+                        bytes[0] = 0x80 | (bytes[0] & 0x1f);
+                        bytes[1] = 200 + bytes[1] % 5;
+                    }
+                    _ if bytes.len() >= 12 => {
+                        bytes[0] = 0x80;
+                        bytes[1] = PT_EVENT;
+                    }
+                    _ => {}
+                }
+                let src = if from_caller { a.src } else { stranger };
+                net.receive_from(&a.call.clone(), src, &bytes, i % 7 == 0);
+                net.advance_to(t0 + Duration::from_millis(5 * i as u64 + 1));
+            }
+            let end = net.now;
+            let ticks = (end - t0).as_millis() / 20;
+            let rtp = net.rtp_to(&a.call);
+            proptest::prop_assert_eq!(rtp.len() as u128, ticks);
+            let report = net.eng.remove_call(end, &a.call).expect("up");
+            proptest::prop_assert!(report.packets_in + report.foreign_dropped + report.malformed <= 120);
+        }
+    }
 }

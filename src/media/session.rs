@@ -225,9 +225,15 @@ impl RtpSession {
         self.cfg = cfg;
     }
 
-    /// Where our RTP goes: the latched source, else the SDP address.
-    pub fn rtp_destination(&self) -> SocketAddr {
-        self.latched.unwrap_or(self.cfg.remote)
+    /// Where our RTP goes: the latched source, else the SDP address. `None`
+    /// while the SDP address is a hold address (c=0.0.0.0, RFC 3264 s8.4) or
+    /// port 0 (stream refused) and nothing latched.
+    pub fn rtp_destination(&self) -> Option<SocketAddr> {
+        if let Some(a) = self.latched {
+            return Some(a);
+        }
+        let a = self.cfg.remote;
+        (!a.ip().is_unspecified() && a.port() != 0).then_some(a)
     }
 
     /// Where our RTCP goes: the latched RTCP source, else RTP port + 1
@@ -236,7 +242,7 @@ impl RtpSession {
         if let Some(a) = self.rtcp_latched {
             return Some(a);
         }
-        let mut a = self.rtp_destination();
+        let mut a = self.rtp_destination()?;
         a.set_port(a.port().checked_add(1)?);
         Some(a)
     }
@@ -363,7 +369,14 @@ impl RtpSession {
     /// Send one 20 ms frame of the room's mix (`pcm`, 160 samples) to the
     /// caller, or the DTMF event packet that replaces it.
     pub fn send_frame(&mut self, now: Instant, pcm: &[i16], out: &mut Outbox) {
-        let dst = self.rtp_destination();
+        let Some(dst) = self.rtp_destination() else {
+            // Nowhere to send: the timeline runs on, so that when the caller
+            // comes back our stream resumes at the right timestamp. A digit
+            // being played is dropped (nobody could hear it).
+            while self.dtmf_tx.next_packet().is_some() {}
+            self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+            return;
+        };
         if let Some(te) = self.cfg.telephone_event {
             if let Some(ev) = self.dtmf_tx.next_packet() {
                 let header = RtpHeader {
