@@ -42,11 +42,12 @@ pub fn repo_path(rel: &str) -> PathBuf {
 /// Ports are handed out from one cursor per test process, starting at a pid-derived
 /// offset so that two test binaries running at once (or another developer's run on
 /// the same machine) are unlikely to probe the same ports; every port is also checked
-/// free before it is handed out. 40000..60000 stays clear of the fixed ports other
-/// tests use (25060, 30000..) and of the Linux ephemeral range (32768.. is shared, but
-/// probing makes a collision a retry, not a failure).
-const PORT_LO: u32 = 40_000;
-const PORT_HI: u32 = 60_000;
+/// free before it is handed out. 16000..25000 stays below Linux's ephemeral range
+/// (32768..60999, where the kernel puts every `bind(:0)` socket: a load generator can
+/// hold thousands there) and clear of the fixed ports other tests use (25060..,
+/// 30000..31199).
+const PORT_LO: u32 = 16_000;
+const PORT_HI: u32 = 25_000;
 
 fn port_cursor() -> &'static Mutex<u32> {
     static CURSOR: OnceLock<Mutex<u32>> = OnceLock::new();
