@@ -1419,6 +1419,40 @@ mod tests {
         assert_eq!(digits.len(), 1, "{:?}", net.events);
     }
 
+    #[test]
+    fn the_same_stream_from_a_new_address_relatches_after_a_silence() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        for k in 0..10u32 {
+            net.advance_to(t0 + FRAME * k);
+            let pkt = a.voice();
+            net.receive(&a, &pkt);
+        }
+        // The NAT rebinds: same SSRC from a new port. Too soon: dropped.
+        a.src = addr("192.0.2.10:4002");
+        let pkt = a.voice();
+        net.receive(&a, &pkt);
+        assert_eq!(net.eng.call_report(&a.call).expect("up").foreign_dropped, 1);
+        // After a second of silence from the old address, it follows.
+        net.advance_to(t0 + FRAME * 9 + session::RELATCH_AFTER);
+        let pkt = a.voice();
+        net.receive(&a, &pkt);
+        let r = net.eng.call_report(&a.call).expect("up");
+        assert_eq!((r.latched, r.foreign_dropped), (Some(a.src), 1));
+        // A stranger with another SSRC never moves it.
+        let mut m = Phone::new("m", "198.51.100.66:6666", 300.0);
+        m.call = a.call.clone();
+        net.advance_to(net.now + Duration::from_secs(5));
+        let pkt = m.voice();
+        net.receive(&m, &pkt);
+        let r = net.eng.call_report(&a.call).expect("up");
+        assert_eq!((r.latched, r.foreign_dropped), (Some(a.src), 2));
+        net.advance_to(net.now + FRAME * 2);
+        assert_eq!(net.rtp_to(&a.call).last().map(|s| s.dst), Some(a.src));
+    }
+
     proptest::proptest! {
         /// Hostile datagrams (random bytes, and random bytes behind a valid
         /// RTP or RTCP header) from the caller's and a stranger's address,

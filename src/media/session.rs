@@ -41,6 +41,10 @@ pub const CLOCK_RATE: u32 = 8000;
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Volume of the DTMF events we send, -dBm0 (RFC 4733 s2.3.4): what phones send.
 const DTMF_VOLUME: u8 = 10;
+/// Silence from the latched address after which the same SSRC may move to a
+/// new address (NAT rebinding). Long enough that two live sources cannot
+/// alternate; short enough that the caller does not notice.
+pub const RELATCH_AFTER: Duration = Duration::from_secs(1);
 /// Largest RTCP compound we write: SR with one block (52) + SDES CNAME (<= 264) + BYE (8).
 pub(crate) const RTCP_MAX: usize = 340;
 /// RTP header (12) + one 20 ms G.711 frame (160).
@@ -96,6 +100,8 @@ pub struct SessionCounters {
     pub unknown_payload_type: u64,
     pub dtmf_digits_in: u64,
     pub dtmf_packets_out: u64,
+    /// Times the caller's stream moved to a new address (see [`RELATCH_AFTER`]).
+    pub relatched: u64,
 }
 
 /// What a session is told at setup (and at a re-INVITE).
@@ -271,10 +277,20 @@ impl RtpSession {
         };
         // RFC 4961 s4 (symmetric RTP): once the caller's address is known, packets
         // from anywhere else are someone else's (or an attack) and never reach
-        // the room; we do not follow them either.
+        // the room; we do not follow them either. One exception: the caller's
+        // NAT rebinding (or a mobile handover) moves the same stream, same
+        // SSRC, to a new address after the old one fell silent; following it
+        // saves the call, and a third party would have to know the SSRC.
         if self.latched.is_some_and(|l| l != src) {
-            self.counters.foreign_dropped += 1;
-            return Inbound::Dropped(Dropped::Foreign);
+            let moved = self.stats.ssrc() == Some(pkt.ssrc())
+                && now.saturating_duration_since(self.last_rtp) >= RELATCH_AFTER;
+            if !moved {
+                self.counters.foreign_dropped += 1;
+                return Inbound::Dropped(Dropped::Foreign);
+            }
+            self.latched = Some(src);
+            self.rtcp_latched = None;
+            self.counters.relatched += 1;
         }
         let pt = pkt.payload_type();
         let is_event = self.cfg.telephone_event == Some(pt);
