@@ -527,7 +527,7 @@ impl MediaEngine {
         if let Some(j) = jitter {
             self.stats
                 .jitter_us
-                .saturating_record(j.clamp(1, JITTER_HISTOGRAM_MAX_US));
+                .saturating_record(j.min(JITTER_HISTOGRAM_MAX_US));
         }
         match inbound {
             Inbound::Audio {

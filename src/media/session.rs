@@ -463,6 +463,9 @@ impl RtpSession {
                 let n = out.transmit(&self.call, dst, true, RTCP_MAX, |buf| {
                     rtcp.poll_transmit(now, Some(stats), buf).ok().flatten()
                 });
+                // RTCP_MAX fits our compound (our CNAME is short), so this
+                // never fails; if it did, the schedule would not advance.
+                debug_assert!(n.is_some() || now < self.rtcp.poll_timeout());
                 if n.is_some() {
                     self.counters.rtcp_out += 1;
                 }
