@@ -169,6 +169,40 @@ fn auth_uri(s: &Setup) -> String {
     format!("+15550200@127.0.0.1:{}", s.ports.sip)
 }
 
+/// Many calls multiplexed on one TCP connection, then one connection per call, then
+/// one UDP source port per call (SO_REUSEPORT spreads those over the shards, so both
+/// the owner shard and the forwarding path between shards get traffic).
+fn many_calls(test: &str, transport: SippTransport) {
+    let Some(s) = setup(test, &config("", TRUNKS), 200) else {
+        return;
+    };
+    let run = s.run(
+        &Sipp::new(Scenario::file("uac_call.xml"))
+            .transport(transport)
+            .calls(40, 20, 40)
+            .pause_ms(500)
+            .timeout(Duration::from_secs(40)),
+        "uac_call_many",
+    );
+    run.assert_all_succeeded(&s.server, 40);
+    s.stop();
+}
+
+#[test]
+fn forty_calls_on_one_tcp_connection() {
+    many_calls("many_tcp_one_conn", SippTransport::Tcp);
+}
+
+#[test]
+fn forty_calls_one_tcp_connection_each() {
+    many_calls("many_tcp_per_call", SippTransport::TcpPerCall);
+}
+
+#[test]
+fn forty_calls_one_udp_port_each() {
+    many_calls("many_udp_per_call", SippTransport::UdpPerCall);
+}
+
 #[test]
 fn digest_challenge_then_authenticated_call() {
     digest_call("digest_auth", SippTransport::Udp);
@@ -339,6 +373,14 @@ fn load_50_calls_per_second_for_20_seconds() {
         "load_uac",
     );
     run.assert_all_succeeded(&s.server, 1000);
+    // The server's side of the story: 1000 calls answered, 1000 call records.
+    let answered = s.server.log_lines_with(&["call answered"]).len();
+    let records = s.server.log_lines_with(&["call record"]).len();
+    if answered != 1000 || records != 1000 {
+        s.server.fail(&format!(
+            "server logged {answered} 'call answered' and {records} 'call record' lines, expected 1000 each"
+        ));
+    }
     eprintln!(
         "load: 1000 calls at 50/s in {:.1?}, {} retransmissions",
         started.elapsed(),

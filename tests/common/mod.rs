@@ -470,6 +470,21 @@ pub enum SippTransport {
     Udp,
     /// `-t t1`: TCP, one connection for all calls.
     Tcp,
+    /// `-t un`: UDP, a socket (so a source port) per call.
+    UdpPerCall,
+    /// `-t tn`: TCP, a connection per call.
+    TcpPerCall,
+}
+
+impl SippTransport {
+    fn flag(self) -> &'static str {
+        match self {
+            SippTransport::Udp => "u1",
+            SippTransport::Tcp => "t1",
+            SippTransport::UdpPerCall => "un",
+            SippTransport::TcpPerCall => "tn",
+        }
+    }
 }
 
 /// Which scenario sipp runs.
@@ -611,37 +626,33 @@ impl Sipp {
             }
         }
         let timeout_s = self.timeout.as_secs().max(1);
-        cmd.args([
-            "-t",
-            if self.transport == SippTransport::Tcp {
-                "t1"
-            } else {
-                "u1"
-            },
-        ])
-        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &ports.client.to_string()])
-        .args(["-mp", &ports.client_media.to_string()])
-        .args(["-m", &self.calls.to_string()])
-        .args(["-r", &self.rate.to_string()])
-        .args(["-l", &self.limit.to_string()])
-        .args(["-d", &self.pause_ms.to_string()])
-        .args(["-s", &self.called])
-        .args(["-timeout", &format!("{timeout_s}s"), "-timeout_error"])
-        // Unexpected messages fail the call (the default), and a lost response to
-        // a non-INVITE is retransmitted at most 5 times (UDP).
-        .args(["-max_non_invite_retrans", "5", "-max_invite_retrans", "5"])
-        .arg("-nostdin")
-        .arg("-trace_stat")
-        .arg("-stf")
-        .arg(&stat_file)
-        .args(["-fd", "1"])
-        .arg("-trace_err")
-        .arg("-error_file")
-        .arg(&error_file)
-        .arg("-trace_screen")
-        .arg("-screen_file")
-        .arg(&screen_file);
+        cmd.args(["-t", self.transport.flag()])
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &ports.client.to_string()])
+            .args(["-mp", &ports.client_media.to_string()])
+            .args(["-m", &self.calls.to_string()])
+            .args(["-r", &self.rate.to_string()])
+            .args(["-l", &self.limit.to_string()])
+            .args(["-d", &self.pause_ms.to_string()])
+            .args(["-s", &self.called])
+            .args(["-timeout", &format!("{timeout_s}s"), "-timeout_error"])
+            // Unexpected messages fail the call (the default), and a lost response to
+            // a non-INVITE is retransmitted at most 5 times (UDP).
+            .args(["-max_non_invite_retrans", "5", "-max_invite_retrans", "5"])
+            // sipp refuses per-call transports (-t un/tn) when its default socket
+            // budget (50000) exceeds the open-files limit (often 1024); 512 is plenty here.
+            .args(["-max_socket", "512"])
+            .arg("-nostdin")
+            .arg("-trace_stat")
+            .arg("-stf")
+            .arg(&stat_file)
+            .args(["-fd", "1"])
+            .arg("-trace_err")
+            .arg("-error_file")
+            .arg(&error_file)
+            .arg("-trace_screen")
+            .arg("-screen_file")
+            .arg(&screen_file);
         if self.trace_messages {
             cmd.arg("-trace_msg")
                 .arg("-message_file")
