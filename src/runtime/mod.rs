@@ -6,7 +6,7 @@
 //! shards' SO_REUSEPORT sockets ([`sip_transport`]); each shard's loop
 //! ([`shard`]) hands them to its endpoint and carries out what the endpoint asks
 //! (send, forward to the owning shard over the [`mesh`], open or close a media
-//! port ([`media_port`]), wake at the next deadline). This module is the IO edge:
+//! ports ([`media_driver`]), wake at the next deadline). This module is the IO edge:
 //! the only place that reads the clock, owns sockets and catches signals; the
 //! protocol cores it drives are sans-IO.
 //!
@@ -21,8 +21,9 @@
 //!
 //! [`Endpoint`]: crate::sip::endpoint::Endpoint
 
-pub mod media_port;
+pub mod media_driver;
 pub mod mesh;
+pub mod rtp_socket;
 pub mod shard;
 pub mod sip_transport;
 pub mod system;

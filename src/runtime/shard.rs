@@ -13,7 +13,6 @@
 //! endpoint, which never does.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -24,16 +23,14 @@ use bytes::Bytes;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::UdpSocket;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use super::media_port::MediaPort;
+use super::media_driver::{MediaNotice, ShardMedia, TICK};
 use super::mesh::{self, Mesh, MeshError, ShardMsg};
 use super::sip_transport::{self, Connections, QueueError, ShardSockets, MAX_DATAGRAM};
 use super::{Limits, ShardCounters, StopFlags};
 use crate::config::Config;
-use crate::sip::endpoint::{
-    CallKey, Endpoint, Inbound, MediaFigures, Output, Peer, Transmit, Transport,
-};
+use crate::sip::endpoint::{Endpoint, Inbound, Output, Peer, Transmit, Transport};
 
 /// Outputs taken in one drain before the shard lets other tasks run; only an
 /// endpoint bug gets near it.
@@ -97,7 +94,9 @@ pub struct Shard {
     timer_kick: LocalSender<()>,
     udp_out: Option<LocalSender<(SocketAddr, Bytes)>>,
     mesh: Option<Mesh>,
-    media: RefCell<HashMap<CallKey, MediaPort>>,
+    media: RefCell<ShardMedia>,
+    /// Wakes the media task when a call starts (it sleeps while there is none).
+    media_kick: LocalSender<()>,
 }
 
 impl Shard {
@@ -157,7 +156,11 @@ impl Shard {
                     }
                 }
                 Output::MediaOpen { call, local } => {
-                    if let Err(e) = self.open_media(&call, local) {
+                    let opened = self.media.borrow_mut().open(&call, local);
+                    self.counters
+                        .media_open
+                        .set(self.media.borrow().open_ports() as u64);
+                    if let Err(e) = opened {
                         self.counters.media_bind_failed.inc();
                         if let Some(suppressed) = self.log_media.allow(now) {
                             warn!(call_id = %call, error = %e, suppressed, "media port not opened");
@@ -165,21 +168,15 @@ impl Shard {
                         ep.handle_media_failed(now, &call);
                     }
                 }
-                Output::MediaStart(_spec) => {
-                    // The media engine (rooms, mixing) takes the call here.
+                Output::MediaStart(spec) => {
+                    self.media.borrow_mut().start(now, spec);
+                    let _ = self.media_kick.try_send(());
                 }
                 Output::MediaClose { call, record } => {
                     let mut media = self.media.borrow_mut();
-                    let port = media.remove(&call);
-                    self.counters.media_open.set(media.len() as u64);
-                    // Until the RTP core lands, the port's own counts are the
-                    // media half of the call record.
-                    let (packets_in, bytes_in) = port.map_or((0, 0), |p| p.received());
-                    record.log(&MediaFigures {
-                        packets_in,
-                        bytes_in,
-                        ..MediaFigures::default()
-                    });
+                    let figures = media.close(now, &call);
+                    self.counters.media_open.set(media.open_ports() as u64);
+                    record.log(&figures);
                 }
                 Output::Idle(deadline) => {
                     self.set_deadline(deadline);
@@ -194,26 +191,6 @@ impl Shard {
             "endpoint still busy after a full drain"
         );
         self.set_deadline(Some(now));
-    }
-
-    fn open_media(
-        &self,
-        call: &CallKey,
-        local: SocketAddr,
-    ) -> Result<(), super::media_port::MediaPortError> {
-        let mut media = self.media.borrow_mut();
-        // Asked again for the port the call already has: keep it (a closed
-        // socket is only released once its cancelled reader is dropped, so
-        // closing and rebinding the same port would fail).
-        if media.get(call).is_some_and(|p| p.local() == local) {
-            return Ok(());
-        }
-        // A moved port: bind the new one, then let the old one go.
-        let port = MediaPort::open(local, Arc::clone(&self.counters))?;
-        debug!(call_id = %call, %local, "media port open");
-        media.insert(call.clone(), port);
-        self.counters.media_open.set(media.len() as u64);
-        Ok(())
     }
 
     fn set_deadline(&self, deadline: Option<Instant>) {
@@ -302,6 +279,33 @@ impl Shard {
     /// Messages still waiting to be sent.
     fn queued(&self) -> usize {
         self.udp_out.as_ref().map_or(0, |q| q.len()) + self.conns.borrow().queued()
+    }
+}
+
+/// The media task: while calls exist, every `TICK` read what the RTP sockets
+/// received, run the engine's mix and report timers, send; tell the endpoint
+/// about media timeouts. Sleeps while the shard has no media.
+async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
+    let mut notices = Vec::new();
+    loop {
+        let busy = shard.media.borrow().has_work();
+        if busy {
+            glommio::timer::sleep(TICK).await;
+        } else if kick.recv().await.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        shard.media.borrow_mut().tick(now, &mut notices);
+        for n in notices.drain(..) {
+            match n {
+                MediaNotice::Timeout(call) => {
+                    if let Ok(mut ep) = shard.endpoint.try_borrow_mut() {
+                        ep.handle_media_timeout(now, &call);
+                        shard.drain(&mut ep, now);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -511,6 +515,9 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         }
         None => (None, None),
     };
+    let (media_kick, media_kick_rx) = local_channel::new_bounded(1);
+    let media = ShardMedia::new(id, config.rtp.media_timeout())
+        .map_err(|e| format!("cannot create the media epoll set: {e}"))?;
     let shard = Rc::new(Shard {
         id,
         limits: limits.clone(),
@@ -525,8 +532,10 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         timer_kick,
         udp_out,
         mesh,
-        media: RefCell::new(HashMap::new()),
+        media: RefCell::new(media),
+        media_kick,
     });
+    glommio::spawn_local(media_loop(Rc::clone(&shard), media_kick_rx)).detach();
 
     glommio::spawn_local(timer_loop(Rc::clone(&shard), kick_rx)).detach();
     if let (Some((socket, local)), Some(rx)) = (udp, udp_out_rx) {
@@ -599,7 +608,6 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     if let Some(m) = &shard.mesh {
         m.close();
     }
-    shard.media.borrow_mut().clear();
     guard.clean = true;
     Ok(())
 }
