@@ -202,3 +202,48 @@ fn media_timeout_ends_a_silent_call_with_bye() {
     assert_eq!(field(&rec, "reason"), Some("media-timeout"), "{rec}");
     assert_eq!(field(&rec, "hangup_by"), Some("switchboard"), "{rec}");
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+}
+
+#[test]
+fn metrics_endpoint_reports_calls_packets_and_responses() {
+    let _serial = serial();
+    let cfg = config(25072, 31200, 30).replace("[metrics]\nport = 0", "[metrics]\nport = 25073");
+    let srv = Server::start("metrics", &cfg, 25072);
+    let mut a = Ua::new(srv.sip, "+15550008", "+15550106", "metrics");
+    assert_eq!(a.call(), 200);
+    let mut run = MediaRun::start(&a.rtp, a.remote_rtp.unwrap(), StreamPlan::tone(440.0, 75));
+    run.join_sender();
+    // Snapshots are published once a second: scrape while the call is up.
+    std::thread::sleep(Duration::from_millis(1300));
+    let live = http_get("127.0.0.1:25073", "/metrics");
+    assert!(live.starts_with("HTTP/1.1 200 OK"), "{live}");
+    assert_eq!(metric(&live, "switchboard_calls_active"), 1.0);
+    assert_eq!(metric(&live, "switchboard_rooms_active"), 1.0);
+    let rtp_in: f64 = (0..2)
+        .map(|s| metric(&live, &format!("switchboard_rtp_packets_total{{shard=\"{s}\",direction=\"in\"}}")))
+        .sum();
+    assert!(rtp_in >= 60.0, "RTP in: {rtp_in}");
+    assert!(metric(&live, "switchboard_rtp_jitter_microseconds_count") >= 60.0);
+    assert_eq!(a.bye(), 200);
+    std::thread::sleep(Duration::from_millis(1300));
+    let after = http_get("127.0.0.1:25073", "/metrics");
+    assert_eq!(metric(&after, "switchboard_calls_active"), 0.0);
+    assert_eq!(metric(&after, "switchboard_calls_total{result=\"caller-bye\"}"), 1.0);
+    assert!(metric(&after, "switchboard_sip_responses_total{code=\"200\"}") >= 3.0);
+    assert!(http_get("127.0.0.1:25073", "/nope").starts_with("HTTP/1.1 404"));
+}

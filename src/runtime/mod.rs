@@ -23,6 +23,7 @@
 
 pub mod media_driver;
 pub mod mesh;
+pub mod metrics_http;
 pub mod rtp_socket;
 pub mod shard;
 pub mod sip_transport;
@@ -317,6 +318,8 @@ pub fn start_with(
     let mesh = (shards > 1).then(|| mesh::builder(shards));
     // Nonces carry an HMAC under this secret so any shard can verify them.
     let nonce_secret: [u8; 16] = rand::random();
+    // Each shard publishes its counters here once a second; shard 0 serves them.
+    let board = crate::metrics::Board::new(shards);
     let mut running = Running {
         udp_addr,
         tcp_addr,
@@ -341,6 +344,7 @@ pub fn start_with(
             counters,
             nonce_secret,
             seed: rand::random(),
+            board: board.clone(),
         };
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard{shard}"))

@@ -51,6 +51,8 @@ pub struct ShardStart {
     pub counters: Arc<ShardCounters>,
     pub nonce_secret: [u8; 16],
     pub seed: u64,
+    /// Where the shard publishes its counters for `/metrics`.
+    pub board: crate::metrics::Board,
 }
 
 /// Allows one log line per second per kind of trouble, and says how many were
@@ -87,14 +89,14 @@ pub struct Shard {
     log_udp: LogLimiter,
     log_mesh: LogLimiter,
     log_media: LogLimiter,
-    endpoint: RefCell<Endpoint>,
+    pub(super) endpoint: RefCell<Endpoint>,
     /// The endpoint's next deadline, as its last `Output::Idle` said.
     deadline: Cell<Option<Instant>>,
     /// Wakes the timer task when `deadline` changes.
     timer_kick: LocalSender<()>,
     udp_out: Option<LocalSender<(SocketAddr, Bytes)>>,
     mesh: Option<Mesh>,
-    media: RefCell<ShardMedia>,
+    pub(super) media: RefCell<ShardMedia>,
     /// Wakes the media task when a call starts (it sleeps while there is none).
     media_kick: LocalSender<()>,
 }
@@ -462,6 +464,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         counters,
         nonce_secret,
         seed,
+        board,
     } = start;
     // Everything this thread runs belongs to this shard, so the span may stay
     // entered across awaits: no other shard's task is ever polled here.
@@ -557,6 +560,18 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
                 }
             })
             .detach();
+        }
+    }
+    glommio::spawn_local(super::metrics_http::publish_loop(Rc::clone(&shard), board.clone())).detach();
+    if id == 0 && config.metrics.port != 0 {
+        let addr = SocketAddr::new(config.sip.bind, config.metrics.port);
+        match super::metrics_http::bind(addr) {
+            Ok(l) => {
+                info!(%addr, "metrics on http://{addr}/metrics");
+                glommio::spawn_local(super::metrics_http::serve(l, board.clone())).detach();
+            }
+            // Metrics are not worth refusing calls over: say so loudly, go on.
+            Err(e) => error!(%addr, error = %e, "cannot bind the metrics port; /metrics disabled"),
         }
     }
     // The endpoint may have work before any input (none today): honour the
