@@ -1675,7 +1675,11 @@ struct Media {
 }
 
 impl Media {
-    /// Called first thing in each media thread.
+    /// Called first thing in each media thread: all threads of the generator
+    /// share one SCHED_FIFO priority, so the receiver drains its sockets in
+    /// batches while the sender sleeps (a higher receiver priority would preempt
+    /// the sender at every packet). The sender yields when it is behind, since a
+    /// FIFO thread that never blocks starves its equals.
     fn enter_realtime(&self) {
         if let Some(p) = self.rt_priority {
             if os::set_thread_fifo(p).is_err() {
@@ -1764,6 +1768,10 @@ fn sender_loop(media: &Media) -> Histogram<u64> {
             .store(os::thread_cpu_us(), Ordering::Relaxed);
         phase = (phase + 1) % PHASES as usize;
         next += sub;
+        if Instant::now() >= next {
+            // Behind: let the receiver and the SIP thread run (SCHED_FIFO).
+            thread::yield_now();
+        }
     }
     lateness
 }
@@ -2477,14 +2485,21 @@ struct Mark {
 fn mark(env: &Env, run: &MediaRun) -> Result<Mark, LoadError> {
     let rx = run.snapshot()?;
     let m = &run.media;
+    // Time and CPU counters together; the scrape (which may be slow when the
+    // server is saturated) last, as its counters are not divided by time.
+    let at = Instant::now();
+    let server_cpu_us = env.server_cpu.read_us();
+    let gen_cpu_us = os::thread_cpu_us() + m.sender_cpu_us.load(Ordering::Relaxed) + rx.cpu_us;
+    let sent = m.sent.load(Ordering::Relaxed);
+    let send_errors = m.send_errors.load(Ordering::Relaxed);
     Ok(Mark {
-        at: Instant::now(),
-        sent: m.sent.load(Ordering::Relaxed),
-        send_errors: m.send_errors.load(Ordering::Relaxed),
-        server: env.metrics.and_then(|a| scrape(a).ok()),
-        server_cpu_us: env.server_cpu.read_us(),
-        gen_cpu_us: os::thread_cpu_us() + m.sender_cpu_us.load(Ordering::Relaxed) + rx.cpu_us,
+        at,
         rx,
+        sent,
+        send_errors,
+        server: env.metrics.and_then(|a| scrape(a).ok()),
+        server_cpu_us,
+        gen_cpu_us,
     })
 }
 
@@ -2768,6 +2783,9 @@ mod responder {
         pub drop_in_every: u64,
         /// SCHED_FIFO priority for the relay thread.
         pub rt_priority: Option<i32>,
+        /// Where to listen: SIP/UDP and the /metrics HTTP port (port 0: any).
+        pub sip_bind: SocketAddr,
+        pub metrics_bind: SocketAddr,
     }
 
     struct Leg {
@@ -2808,9 +2826,9 @@ mod responder {
 
     impl Responder {
         pub fn start(cfg: Config) -> io::Result<Responder> {
-            let sip = UdpSocket::bind("127.0.0.1:0")?;
+            let sip = UdpSocket::bind(cfg.sip_bind)?;
             sip.set_read_timeout(Some(Duration::from_millis(5)))?;
-            let http = TcpListener::bind("127.0.0.1:0")?;
+            let http = TcpListener::bind(cfg.metrics_bind)?;
             http.set_nonblocking(true)?;
             let shared = Arc::new(Shared {
                 cfg,
@@ -3108,6 +3126,8 @@ fn self_test(
         drop_out_every,
         drop_in_every,
         rt_priority,
+        sip_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
     })
     .map_err(LoadError::io("starting the responder"))?;
     let mut env = Env::new(
@@ -3225,6 +3245,9 @@ const USAGE: &str = "usage:
   sb-loadgen ramp      [--start 50] [--step 50] [--max 2000] [--max-time 540] [common options]
   sb-loadgen self-test [--calls 200] [--duration 5] [--drop-out-every 100] [--drop-in-every 200]
                        [--rt-priority N]
+  sb-loadgen respond   [--sip 127.0.0.1:5060] [--metrics 127.0.0.1:6789] [--capacity 15000]
+                       [--drop-out-every 0] [--drop-in-every 0] [--time-limit 900] [--rt-priority N]
+                       (the self-test's stand-in server alone: relays each pair, no switchboard)
 common options:
   --server 127.0.0.1:5060    switchboard's SIP address (UDP)
   --metrics 127.0.0.1:6789   its Prometheus endpoint, or 'none'
@@ -3355,6 +3378,12 @@ fn common(o: &mut Opts) -> Result<Common, LoadError> {
     let rt = rt_priority(o)?;
     let mut env = Env::new(server, local_ip, metrics, server_cpu)?;
     env.rt_priority = rt;
+    if let Some(p) = rt {
+        // The SIP thread too (see Media::enter_realtime).
+        if let Err(e) = os::set_thread_fifo(p) {
+            eprintln!("sb-loadgen: SCHED_FIFO refused ({e}): media threads at normal priority");
+        }
+    }
     let code = env.ping(wait_ready)?;
     eprintln!("sb-loadgen: server {server} answers OPTIONS with {code}");
     if let Some(m) = env.metrics {
@@ -3446,7 +3475,16 @@ fn cmd_ramp(mut o: Opts) -> Result<u8, LoadError> {
             );
             break;
         }
-        let r = run_step(&c.env, &spec)?;
+        let r = match run_step(&c.env, &spec) {
+            Ok(r) => r,
+            Err(LoadError::ReceiverStuck) => {
+                stop_reason = format!(
+                    "the generator itself is the limit at {n} calls (its receiver stalled)"
+                );
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let v = verdict(&r, c.limits);
         println!("{}", table_row(&r, &v));
         println!("{}", details(&r));
@@ -3490,6 +3528,43 @@ fn cmd_ramp(mut o: Opts) -> Result<u8, LoadError> {
     }
 }
 
+/// The self-test's stand-in server on fixed ports, for a bounded time: to try
+/// scripts/loadtest.sh without switchboard, and to find the generator's own
+/// ceiling on one core.
+fn cmd_respond(mut o: Opts) -> Result<u8, LoadError> {
+    let sip_bind: SocketAddr = o.take("sip", SocketAddr::from(([127, 0, 0, 1], 5060)))?;
+    let metrics_bind: SocketAddr = o.take("metrics", SocketAddr::from(([127, 0, 0, 1], 6789)))?;
+    let capacity: usize = o.take("capacity", 15_000)?;
+    let out: u64 = o.take("drop-out-every", 0)?;
+    let inn: u64 = o.take("drop-in-every", 0)?;
+    let limit = o.secs("time-limit", 900.0)?;
+    let rt = rt_priority(&mut o)?;
+    o.finish()?;
+    if capacity == 0 || capacity > 100_000 || out == 1 || inn == 1 {
+        return Err(LoadError::Usage(
+            "respond needs --capacity 1..100000 and drop periods of 0 (none) or >= 2".into(),
+        ));
+    }
+    check_fds(capacity)?;
+    let resp = responder::Responder::start(responder::Config {
+        capacity,
+        drop_out_every: out,
+        drop_in_every: inn,
+        rt_priority: rt,
+        sip_bind,
+        metrics_bind,
+    })
+    .map_err(LoadError::io("starting the responder"))?;
+    eprintln!(
+        "sb-loadgen respond: SIP {} metrics {} for at most {:.0} s",
+        resp.sip_addr,
+        resp.metrics_addr,
+        limit.as_secs_f64()
+    );
+    thread::sleep(limit);
+    Ok(0)
+}
+
 fn cmd_self_test(mut o: Opts) -> Result<u8, LoadError> {
     let calls: usize = o.take("calls", 200)?;
     let duration = o.secs("duration", 5.0)?;
@@ -3519,6 +3594,7 @@ fn real_main(args: &[String]) -> Result<u8, LoadError> {
         "run" => cmd_run(o),
         "ramp" => cmd_ramp(o),
         "self-test" => cmd_self_test(o),
+        "respond" => cmd_respond(o),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(0)
