@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
             ep.handle_inbound(now, Inbound::new(peer(), Bytes::from(m), now));
             let n = drain(&mut ep, now);
             // Timer J on UDP keeps the transaction 32 s: expire them as we go.
-            if i % 1024 == 0 {
+            if i.is_multiple_of(1024) {
                 ep.handle_timeout(now + Duration::from_secs(64));
                 drain(&mut ep, now);
             }
@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion) {
             let bye = format!("BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-b{j};rport\r\nFrom: <sip:+15550123@127.0.0.1:5061>;tag=c{j}\r\nTo: <sip:+15550100@127.0.0.1:5060>;tag={tag}\r\nCall-ID: call{j}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
             ep.handle_inbound(now, Inbound::new(peer(), Bytes::from(bye), now));
             let n = drain(&mut ep, now);
-            if j % 512 == 0 {
+            if j.is_multiple_of(512) {
                 ep.handle_timeout(now + Duration::from_secs(64));
                 drain(&mut ep, now);
             }

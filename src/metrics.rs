@@ -86,10 +86,20 @@ pub fn render(snaps: &[&ShardSnapshot]) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: fn(&ShardSnapshot) -> u64| snaps.iter().map(|s| f(s)).sum::<u64>();
 
-    metric(&mut out, "switchboard_calls_active", "gauge", "Calls in progress.");
+    metric(
+        &mut out,
+        "switchboard_calls_active",
+        "gauge",
+        "Calls in progress.",
+    );
     let _ = writeln!(out, "switchboard_calls_active {}", sum(|s| s.calls_active));
 
-    metric(&mut out, "switchboard_calls_total", "counter", "Calls by result: refused (and why), or how they ended.");
+    metric(
+        &mut out,
+        "switchboard_calls_total",
+        "counter",
+        "Calls by result: refused (and why), or how they ended.",
+    );
     let mut by_result: BTreeMap<&str, u64> = BTreeMap::new();
     for s in snaps {
         for (k, v) in &s.calls_by_result {
@@ -100,10 +110,20 @@ pub fn render(snaps: &[&ShardSnapshot]) -> String {
         let _ = writeln!(out, "switchboard_calls_total{{result=\"{k}\"}} {v}");
     }
 
-    metric(&mut out, "switchboard_rooms_active", "gauge", "Rooms with at least one participant.");
+    metric(
+        &mut out,
+        "switchboard_rooms_active",
+        "gauge",
+        "Rooms with at least one participant.",
+    );
     let _ = writeln!(out, "switchboard_rooms_active {}", sum(|s| s.rooms_active));
 
-    metric(&mut out, "switchboard_sip_responses_total", "counter", "SIP responses sent, by status code.");
+    metric(
+        &mut out,
+        "switchboard_sip_responses_total",
+        "counter",
+        "SIP responses sent, by status code.",
+    );
     let mut by_code: BTreeMap<u16, u64> = BTreeMap::new();
     for s in snaps {
         for (k, v) in &s.sip_responses {
@@ -116,12 +136,36 @@ pub fn render(snaps: &[&ShardSnapshot]) -> String {
 
     type Field = fn(&ShardSnapshot) -> u64;
     let per_shard: &[(&str, &str, Field)] = &[
-        ("switchboard_sip_messages_received_total", "SIP messages received.", |s| s.sip_received),
-        ("switchboard_sip_dropped_total", "SIP messages dropped: unparsable and unaddressable.", |s| s.sip_dropped),
-        ("switchboard_sip_bad_requests_total", "Malformed requests answered 400/505.", |s| s.sip_bad_requests),
-        ("switchboard_sip_forwarded_total", "SIP messages handed to another shard.", |s| s.sip_forwarded),
-        ("switchboard_sip_retransmissions_absorbed_total", "Retransmitted requests absorbed by transactions.", |s| s.sip_retransmissions_absorbed),
-        ("switchboard_mesh_dropped_total", "Cross-shard messages dropped on a full mesh channel.", |s| s.mesh_dropped),
+        (
+            "switchboard_sip_messages_received_total",
+            "SIP messages received.",
+            |s| s.sip_received,
+        ),
+        (
+            "switchboard_sip_dropped_total",
+            "SIP messages dropped: unparsable and unaddressable.",
+            |s| s.sip_dropped,
+        ),
+        (
+            "switchboard_sip_bad_requests_total",
+            "Malformed requests answered 400/505.",
+            |s| s.sip_bad_requests,
+        ),
+        (
+            "switchboard_sip_forwarded_total",
+            "SIP messages handed to another shard.",
+            |s| s.sip_forwarded,
+        ),
+        (
+            "switchboard_sip_retransmissions_absorbed_total",
+            "Retransmitted requests absorbed by transactions.",
+            |s| s.sip_retransmissions_absorbed,
+        ),
+        (
+            "switchboard_mesh_dropped_total",
+            "Cross-shard messages dropped on a full mesh channel.",
+            |s| s.mesh_dropped,
+        ),
     ];
     for (name, help, f) in per_shard {
         metric(&mut out, name, "counter", help);
@@ -130,25 +174,83 @@ pub fn render(snaps: &[&ShardSnapshot]) -> String {
         }
     }
 
-    metric(&mut out, "switchboard_rtp_packets_total", "counter", "RTP packets by shard and direction.");
+    metric(
+        &mut out,
+        "switchboard_rtp_packets_total",
+        "counter",
+        "RTP packets by shard and direction.",
+    );
     for s in snaps {
-        let _ = writeln!(out, "switchboard_rtp_packets_total{{shard=\"{}\",direction=\"in\"}} {}", s.shard, s.rtp_packets_in);
-        let _ = writeln!(out, "switchboard_rtp_packets_total{{shard=\"{}\",direction=\"out\"}} {}", s.shard, s.rtp_packets_out);
+        let _ = writeln!(
+            out,
+            "switchboard_rtp_packets_total{{shard=\"{}\",direction=\"in\"}} {}",
+            s.shard, s.rtp_packets_in
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_rtp_packets_total{{shard=\"{}\",direction=\"out\"}} {}",
+            s.shard, s.rtp_packets_out
+        );
     }
-    metric(&mut out, "switchboard_rtp_packets_per_second", "gauge", "RTP packet rate by shard and direction over the last second.");
+    metric(
+        &mut out,
+        "switchboard_rtp_packets_per_second",
+        "gauge",
+        "RTP packet rate by shard and direction over the last second.",
+    );
     for s in snaps {
-        let _ = writeln!(out, "switchboard_rtp_packets_per_second{{shard=\"{}\",direction=\"in\"}} {:.1}", s.shard, s.rtp_packets_per_sec_in);
-        let _ = writeln!(out, "switchboard_rtp_packets_per_second{{shard=\"{}\",direction=\"out\"}} {:.1}", s.shard, s.rtp_packets_per_sec_out);
+        let _ = writeln!(
+            out,
+            "switchboard_rtp_packets_per_second{{shard=\"{}\",direction=\"in\"}} {:.1}",
+            s.shard, s.rtp_packets_per_sec_in
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_rtp_packets_per_second{{shard=\"{}\",direction=\"out\"}} {:.1}",
+            s.shard, s.rtp_packets_per_sec_out
+        );
     }
-    metric(&mut out, "switchboard_rtp_bytes_total", "counter", "RTP payload bytes by direction.");
-    let _ = writeln!(out, "switchboard_rtp_bytes_total{{direction=\"in\"}} {}", sum(|s| s.rtp_bytes_in));
-    let _ = writeln!(out, "switchboard_rtp_bytes_total{{direction=\"out\"}} {}", sum(|s| s.rtp_bytes_out));
-    metric(&mut out, "switchboard_rtp_lost_total", "counter", "RTP packets lost (RFC 3550 A.3) over ended and live calls.");
+    metric(
+        &mut out,
+        "switchboard_rtp_bytes_total",
+        "counter",
+        "RTP payload bytes by direction.",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_rtp_bytes_total{{direction=\"in\"}} {}",
+        sum(|s| s.rtp_bytes_in)
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_rtp_bytes_total{{direction=\"out\"}} {}",
+        sum(|s| s.rtp_bytes_out)
+    );
+    metric(
+        &mut out,
+        "switchboard_rtp_lost_total",
+        "counter",
+        "RTP packets lost (RFC 3550 A.3) over ended and live calls.",
+    );
     let _ = writeln!(out, "switchboard_rtp_lost_total {}", sum(|s| s.rtp_lost));
-    metric(&mut out, "switchboard_rtp_foreign_dropped_total", "counter", "RTP packets from a source other than the latched one, dropped.");
-    let _ = writeln!(out, "switchboard_rtp_foreign_dropped_total {}", sum(|s| s.rtp_foreign_dropped));
+    metric(
+        &mut out,
+        "switchboard_rtp_foreign_dropped_total",
+        "counter",
+        "RTP packets from a source other than the latched one, dropped.",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_rtp_foreign_dropped_total {}",
+        sum(|s| s.rtp_foreign_dropped)
+    );
 
-    metric(&mut out, "switchboard_rtp_jitter_microseconds", "histogram", "RFC 3550 interarrival jitter samples, in microseconds.");
+    metric(
+        &mut out,
+        "switchboard_rtp_jitter_microseconds",
+        "histogram",
+        "RFC 3550 interarrival jitter samples, in microseconds.",
+    );
     let mut cum = vec![0u64; JITTER_BUCKETS_US.len() + 1];
     for s in snaps {
         for (i, c) in s.jitter_buckets.iter().enumerate().take(cum.len()) {
@@ -156,11 +258,22 @@ pub fn render(snaps: &[&ShardSnapshot]) -> String {
         }
     }
     for (i, le) in JITTER_BUCKETS_US.iter().enumerate() {
-        let _ = writeln!(out, "switchboard_rtp_jitter_microseconds_bucket{{le=\"{le}\"}} {}", cum[i]);
+        let _ = writeln!(
+            out,
+            "switchboard_rtp_jitter_microseconds_bucket{{le=\"{le}\"}} {}",
+            cum[i]
+        );
     }
     let count = sum(|s| s.jitter_count);
-    let _ = writeln!(out, "switchboard_rtp_jitter_microseconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "switchboard_rtp_jitter_microseconds_sum {}", sum(|s| s.jitter_sum_us));
+    let _ = writeln!(
+        out,
+        "switchboard_rtp_jitter_microseconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_rtp_jitter_microseconds_sum {}",
+        sum(|s| s.jitter_sum_us)
+    );
     let _ = writeln!(out, "switchboard_rtp_jitter_microseconds_count {count}");
     out
 }
@@ -252,11 +365,23 @@ mod tests {
 
     #[test]
     fn http_parsing() {
-        assert_eq!(parse_http(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), HttpRequest::Metrics);
-        assert_eq!(parse_http(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"), HttpRequest::Metrics);
-        assert_eq!(parse_http(b"GET /nope HTTP/1.1\r\n\r\n"), HttpRequest::NotFound);
+        assert_eq!(
+            parse_http(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            HttpRequest::Metrics
+        );
+        assert_eq!(
+            parse_http(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
+            HttpRequest::Metrics
+        );
+        assert_eq!(
+            parse_http(b"GET /nope HTTP/1.1\r\n\r\n"),
+            HttpRequest::NotFound
+        );
         assert_eq!(parse_http(b"GET /metr"), HttpRequest::Partial);
-        assert_eq!(parse_http(b"POST /metrics HTTP/1.1\r\n\r\n"), HttpRequest::BadRequest);
+        assert_eq!(
+            parse_http(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            HttpRequest::BadRequest
+        );
         assert_eq!(parse_http(&[b'a'; 9000]), HttpRequest::BadRequest);
     }
 }

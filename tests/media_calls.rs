@@ -70,11 +70,20 @@ fn two_callers_in_one_room_hear_each_other() {
     assert!(pb.len() > 8000, "B received {} samples", pb.len());
     let (a600, a1000) = (tone_power(&pa, 600.0), tone_power(&pa, 1000.0));
     let (b600, b1000) = (tone_power(&pb, 600.0), tone_power(&pb, 1000.0));
-    assert!(a600 > 20.0 * a1000.max(1.0), "A hears B's 600 Hz, not itself: 600={a600:.0} 1000={a1000:.0}");
-    assert!(b1000 > 20.0 * b600.max(1.0), "B hears A's 1000 Hz, not itself: 600={b600:.0} 1000={b1000:.0}");
+    assert!(
+        a600 > 20.0 * a1000.max(1.0),
+        "A hears B's 600 Hz, not itself: 600={a600:.0} 1000={a1000:.0}"
+    );
+    assert!(
+        b1000 > 20.0 * b600.max(1.0),
+        "B hears A's 1000 Hz, not itself: 600={b600:.0} 1000={b1000:.0}"
+    );
     // The other's tone is most of what each hears.
     assert!(a600 > 0.5 * total_power(&pa), "600 Hz dominates A's audio");
-    assert!(b1000 > 0.5 * total_power(&pb), "1000 Hz dominates B's audio");
+    assert!(
+        b1000 > 0.5 * total_power(&pb),
+        "1000 Hz dominates B's audio"
+    );
 }
 
 #[test]
@@ -88,12 +97,23 @@ fn lone_caller_gets_silence_at_the_normal_cadence() {
     assert_eq!(a.bye(), 200);
     // The cadence: 50 packets a second over the time we listened (2 s of
     // sending + 0.2 s), within 10% for scheduling on a shared machine.
-    let span = got.last().unwrap().at.duration_since(got[0].at).as_secs_f64();
+    let span = got
+        .last()
+        .unwrap()
+        .at
+        .duration_since(got[0].at)
+        .as_secs_f64();
     let rate = (got.len() - 1) as f64 / span;
-    assert!((45.0..=55.0).contains(&rate), "{rate:.1} packets/s over {span:.2} s");
+    assert!(
+        (45.0..=55.0).contains(&rate),
+        "{rate:.1} packets/s over {span:.2} s"
+    );
     assert!(got.len() >= 90, "{} packets", got.len());
     let pcm = audio_after(&got, 5);
-    assert!(total_power(&pcm) < 100.0, "silence, not an echo of our tone");
+    assert!(
+        total_power(&pcm) < 100.0,
+        "silence, not an echo of our tone"
+    );
     // Consecutive sequence numbers, 160 timestamp units apart.
     for w in got.windows(2).skip(5) {
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
@@ -117,7 +137,8 @@ fn dtmf_digits_are_seen_and_counted() {
     let log = srv.log_text();
     for d in ["digit=5", "digit=9", "digit=#"] {
         assert!(
-            log.lines().any(|l| l.contains("dtmf") && l.contains(d) && l.contains(&a.call_id)),
+            log.lines()
+                .any(|l| l.contains("dtmf") && l.contains(d) && l.contains(&a.call_id)),
             "DTMF event {d} logged"
         );
     }
@@ -140,7 +161,11 @@ fn loss_reordering_and_duplicates_are_counted_exactly() {
     assert_eq!(field(&rec, "lost"), Some("5"), "{rec}");
     assert_eq!(field(&rec, "reordered"), Some("3"), "{rec}");
     assert_eq!(field(&rec, "duplicates"), Some("2"), "{rec}");
-    assert_eq!(field(&rec, "packets_in"), Some("197"), "200 - 5 + 2 = 197: {rec}");
+    assert_eq!(
+        field(&rec, "packets_in"),
+        Some("197"),
+        "200 - 5 + 2 = 197: {rec}"
+    );
 }
 
 /// RFC 3550 A.8 jitter over (send instant, RTP timestamp) pairs, in µs.
@@ -196,7 +221,9 @@ fn media_timeout_ends_a_silent_call_with_bye() {
     let srv = Server::start("timeout", &config(25070, 31000, 2), 25070);
     let mut a = Ua::new(srv.sip, "+15550007", "+15550105", "timeout");
     assert_eq!(a.call(), 200);
-    let bye = a.wait_bye(Duration::from_secs(8)).expect("BYE after the media timeout");
+    let bye = a
+        .wait_bye(Duration::from_secs(8))
+        .expect("BYE after the media timeout");
     assert!(bye.contains(&a.call_id));
     let rec = srv.wait_record(&a.call_id, Duration::from_secs(5));
     assert_eq!(field(&rec, "reason"), Some("media-timeout"), "{rec}");
@@ -235,7 +262,12 @@ fn metrics_endpoint_reports_calls_packets_and_responses() {
     assert_eq!(metric(&live, "switchboard_calls_active"), 1.0);
     assert_eq!(metric(&live, "switchboard_rooms_active"), 1.0);
     let rtp_in: f64 = (0..2)
-        .map(|s| metric(&live, &format!("switchboard_rtp_packets_total{{shard=\"{s}\",direction=\"in\"}}")))
+        .map(|s| {
+            metric(
+                &live,
+                &format!("switchboard_rtp_packets_total{{shard=\"{s}\",direction=\"in\"}}"),
+            )
+        })
         .sum();
     assert!(rtp_in >= 60.0, "RTP in: {rtp_in}");
     assert!(metric(&live, "switchboard_rtp_jitter_microseconds_count") >= 60.0);
@@ -243,7 +275,10 @@ fn metrics_endpoint_reports_calls_packets_and_responses() {
     std::thread::sleep(Duration::from_millis(1300));
     let after = http_get("127.0.0.1:25073", "/metrics");
     assert_eq!(metric(&after, "switchboard_calls_active"), 0.0);
-    assert_eq!(metric(&after, "switchboard_calls_total{result=\"caller-bye\"}"), 1.0);
+    assert_eq!(
+        metric(&after, "switchboard_calls_total{result=\"caller-bye\"}"),
+        1.0
+    );
     assert!(metric(&after, "switchboard_sip_responses_total{code=\"200\"}") >= 3.0);
     assert!(http_get("127.0.0.1:25073", "/nope").starts_with("HTTP/1.1 404"));
 }

@@ -1,7 +1,6 @@
 //! The runtime with the real SIP endpoint, on 127.0.0.1 only: OPTIONS over UDP
 //! and TCP on every shard, RFC 5626 keep-alive, a clean and quick shutdown.
 
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -73,7 +72,8 @@ fn options_over_udp_and_tcp_then_quick_shutdown() {
     for i in 0..8 {
         let mut s = TcpStream::connect(tcp).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(options(&format!("rt-t{i}"), "TCP").as_bytes()).unwrap();
+        s.write_all(options(&format!("rt-t{i}"), "TCP").as_bytes())
+            .unwrap();
         let reply = tcp_read_head(&mut s);
         assert!(reply.starts_with("SIP/2.0 200 "), "{reply}");
         // RFC 5626 s3.5.1: double-CRLF ping, CRLF pong.

@@ -659,7 +659,7 @@ mod tests {
             x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             delays.push(Some(u64::from((x >> 8) % 80)));
         }
-        delays.extend(std::iter::repeat(Some(5)).take(1250));
+        delays.extend(std::iter::repeat_n(Some(5), 1250));
         let t0 = Instant::now();
         let mut arrivals: Vec<(Duration, u16)> = delays
             .iter()

@@ -450,7 +450,7 @@ fn check_room(out: &[u8], need: usize) -> Result<(), RtcpError> {
 }
 
 fn write_header(out: &mut [u8], count: usize, packet_type: u8, len: usize) {
-    debug_assert!(len % 4 == 0 && count <= MAX_COUNT);
+    debug_assert!(len.is_multiple_of(4) && count <= MAX_COUNT);
     out[0] = 0x80 | count as u8;
     out[1] = packet_type;
     out[2..4].copy_from_slice(&((len / 4 - 1) as u16).to_be_bytes());

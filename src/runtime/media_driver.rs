@@ -131,7 +131,8 @@ impl ShardMedia {
         };
         // SAFETY: both fds are open (the epoll set and a socket we own); `ev` is
         // a valid epoll_event that the kernel only reads.
-        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        let r =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -140,7 +141,11 @@ impl ShardMedia {
 
     /// Bind the call's RTP port and the RTCP port above it.
     pub fn open(&mut self, call: &CallKey, local: SocketAddr) -> Result<(), RtpSocketError> {
-        if self.ports.get(call).is_some_and(|p| p.rtp.local_addr() == local) {
+        if self
+            .ports
+            .get(call)
+            .is_some_and(|p| p.rtp.local_addr() == local)
+        {
             return Ok(());
         }
         let rtcp_addr = SocketAddr::new(local.ip(), local.port().wrapping_add(1));

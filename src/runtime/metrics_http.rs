@@ -60,11 +60,15 @@ pub async fn serve(listener: TcpListener, board: Board) {
                     "text/plain; version=0.0.4; charset=utf-8",
                     &board.render(),
                 ),
-                HttpRequest::Health => crate::metrics::http_response("200 OK", "text/plain", "ok\n"),
+                HttpRequest::Health => {
+                    crate::metrics::http_response("200 OK", "text/plain", "ok\n")
+                }
                 HttpRequest::NotFound => {
                     crate::metrics::http_response("404 Not Found", "text/plain", "try /metrics\n")
                 }
-                _ => crate::metrics::http_response("400 Bad Request", "text/plain", "bad request\n"),
+                _ => {
+                    crate::metrics::http_response("400 Bad Request", "text/plain", "bad request\n")
+                }
             };
             let _ = stream.write_all(&resp).await;
             let _ = stream.close().await;
@@ -92,11 +96,7 @@ pub async fn publish_loop(shard: Rc<Shard>, board: Board) {
             snap.sip_retransmissions_absorbed = st.retransmissions_absorbed;
             snap.sip_responses = st.responses.iter().map(|(k, v)| (*k, *v)).collect();
             snap.calls_active = ep.active_calls() as u64;
-            snap.calls_by_result = st
-                .ended
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect();
+            snap.calls_by_result = st.ended.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             snap.calls_by_result
                 .insert("refused".to_string(), st.calls_refused);
         }

@@ -562,7 +562,11 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
             .detach();
         }
     }
-    glommio::spawn_local(super::metrics_http::publish_loop(Rc::clone(&shard), board.clone())).detach();
+    glommio::spawn_local(super::metrics_http::publish_loop(
+        Rc::clone(&shard),
+        board.clone(),
+    ))
+    .detach();
     if id == 0 && config.metrics.port != 0 {
         let addr = SocketAddr::new(config.sip.bind, config.metrics.port);
         match super::metrics_http::bind(addr) {

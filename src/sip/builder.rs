@@ -230,7 +230,9 @@ mod tests {
         let s = std::str::from_utf8(&out).unwrap();
         assert!(s.starts_with("SIP/2.0 200 OK\r\n"), "{s}");
         assert!(
-            s.contains("Via: SIP/2.0/UDP 10.0.0.1:5061;rport=40000;branch=z9hG4bK1;received=192.0.2.9\r\n"),
+            s.contains(
+                "Via: SIP/2.0/UDP 10.0.0.1:5061;rport=40000;branch=z9hG4bK1;received=192.0.2.9\r\n"
+            ),
             "{s}"
         );
         assert!(s.contains("Via: SIP/2.0/UDP p\r\n"));

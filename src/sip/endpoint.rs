@@ -19,9 +19,7 @@
 
 use super::builder::{self, DialogRequest, ResponseParts, ALLOW};
 use super::digest::{self, NonceCheck, NonceSource};
-use super::message::{
-    phone_number, HeaderName, Method, ParseError, SipMessage, SipUri,
-};
+use super::message::{phone_number, HeaderName, Method, ParseError, SipMessage, SipUri};
 use super::transaction::{RequestMatch, Transactions, TxKey, TxOutput, T1, T2};
 use crate::config::Config;
 use crate::routing::{self, Dispatch, InboundCall, Refusal};
@@ -552,7 +550,8 @@ impl Endpoint {
     }
 
     fn send(&mut self, peer: Peer, data: Bytes) {
-        self.out.push_back(Output::Transmit(Transmit { peer, data }));
+        self.out
+            .push_back(Output::Transmit(Transmit { peer, data }));
     }
 
     fn count_response(&mut self, status: u16) {
@@ -613,7 +612,11 @@ impl Endpoint {
         let status = sip.status().unwrap_or(0);
         if let Some(call_id) = self.tx.on_response(now, &key, status) {
             let ck = CallKey(call_id);
-            if self.calls.get(&ck).is_some_and(|c| c.state == CallState::Ending) {
+            if self
+                .calls
+                .get(&ck)
+                .is_some_and(|c| c.state == CallState::Ending)
+            {
                 let reason = self.calls[&ck].end_reason.unwrap_or(EndReason::Shutdown);
                 self.finish_call(now, &ck, reason);
             }
@@ -669,7 +672,13 @@ impl Endpoint {
                 return;
             }
             RequestMatch::Overloaded => {
-                self.stateless_response(&msg, &sip, 503, "Service Unavailable", "Retry-After: 5\r\n");
+                self.stateless_response(
+                    &msg,
+                    &sip,
+                    503,
+                    "Service Unavailable",
+                    "Retry-After: 5\r\n",
+                );
                 return;
             }
         };
@@ -692,8 +701,21 @@ impl Endpoint {
             }
             Method::Info => {
                 // In-dialog INFO (e.g. application/dtmf-relay) is accepted; out of dialog it has no call.
-                let status = if self.find_dialog(&sip).is_some() { 200 } else { 481 };
-                self.respond(now, &key, &sip, status, reason_phrase(status), "", None, None);
+                let status = if self.find_dialog(&sip).is_some() {
+                    200
+                } else {
+                    481
+                };
+                self.respond(
+                    now,
+                    &key,
+                    &sip,
+                    status,
+                    reason_phrase(status),
+                    "",
+                    None,
+                    None,
+                );
             }
             Method::Other => {
                 let extra = format!("Allow: {ALLOW}\r\n");
@@ -702,7 +724,16 @@ impl Endpoint {
             _ => {
                 // REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REFER, PUBLISH, PRACK: known, not offered here.
                 let extra = format!("Allow: {ALLOW}\r\n");
-                self.respond(now, &key, &sip, 405, "Method Not Allowed", &extra, None, None);
+                self.respond(
+                    now,
+                    &key,
+                    &sip,
+                    405,
+                    "Method Not Allowed",
+                    &extra,
+                    None,
+                    None,
+                );
             }
         }
     }
@@ -724,7 +755,14 @@ impl Endpoint {
         self.stateless_response(msg, sip, e.status(), e.reason(), "");
     }
 
-    fn stateless_response(&mut self, msg: &Inbound, sip: &SipMessage, status: u16, reason: &str, extra: &str) {
+    fn stateless_response(
+        &mut self,
+        msg: &Inbound,
+        sip: &SipMessage,
+        status: u16,
+        reason: &str,
+        extra: &str,
+    ) {
         let tag = self.token();
         let data = builder::response(
             sip,
@@ -791,10 +829,10 @@ impl Endpoint {
 
     fn tx_peer_remote(&self, key: &TxKey) -> SocketAddr {
         // The transaction stored the peer; responses carry its source in `received`.
-        self.tx_peer(key).map_or(
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            |p| p.remote,
-        )
+        self.tx_peer(key)
+            .map_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), |p| {
+                p.remote
+            })
     }
 
     fn tx_peer(&self, key: &TxKey) -> Option<Peer> {
@@ -806,7 +844,16 @@ impl Endpoint {
     fn on_invite(&mut self, now: Instant, key: TxKey, msg: Inbound, sip: SipMessage) {
         let call_id = sip.call_id().unwrap_or_default().to_string();
         if self.shutting_down {
-            self.respond(now, &key, &sip, 503, "Service Unavailable", "Retry-After: 30\r\n", None, None);
+            self.respond(
+                now,
+                &key,
+                &sip,
+                503,
+                "Service Unavailable",
+                "Retry-After: 30\r\n",
+                None,
+                None,
+            );
             return;
         }
         if self.calls.contains_key(&CallKey(call_id.clone())) {
@@ -815,7 +862,16 @@ impl Endpoint {
             return;
         }
         if self.calls.len() >= MAX_CALLS {
-            self.respond(now, &key, &sip, 503, "Service Unavailable", "Retry-After: 5\r\n", None, None);
+            self.respond(
+                now,
+                &key,
+                &sip,
+                503,
+                "Service Unavailable",
+                "Retry-After: 5\r\n",
+                None,
+                None,
+            );
             return;
         }
         // Routing decision: taken here unless the home shard already took it.
@@ -851,7 +907,13 @@ impl Endpoint {
     }
 
     /// Trunk, digest auth and dispatch rule for a new INVITE. Answers refusals.
-    fn route_invite(&mut self, now: Instant, key: &TxKey, msg: &Inbound, sip: &SipMessage) -> Option<RoutedCall> {
+    fn route_invite(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Inbound,
+        sip: &SipMessage,
+    ) -> Option<RoutedCall> {
         let call_id = sip.call_id().unwrap_or_default();
         let from = sip.from().ok()?;
         let caller = SipUri::parse(from.uri)
@@ -874,13 +936,18 @@ impl Endpoint {
                 .map(phone_number)
                 .unwrap_or_default(),
         };
-        if sip
-            .request_uri()
-            .and_then(SipUri::parse)
-            .is_none()
-        {
+        if sip.request_uri().and_then(SipUri::parse).is_none() {
             let extra = "";
-            self.respond(now, key, sip, 416, "Unsupported URI Scheme", extra, None, None);
+            self.respond(
+                now,
+                key,
+                sip,
+                416,
+                "Unsupported URI Scheme",
+                extra,
+                None,
+                None,
+            );
             return None;
         }
         let cfg = Arc::clone(&self.cfg);
@@ -923,11 +990,20 @@ impl Endpoint {
         })
     }
 
-    fn refuse(&mut self, now: Instant, key: &TxKey, sip: &SipMessage, r: &Refusal, caller: &str, callee: &str) {
+    fn refuse(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        sip: &SipMessage,
+        r: &Refusal,
+        caller: &str,
+        callee: &str,
+    ) {
         self.stats.calls_refused += 1;
         info!(
             call_id = sip.call_id().unwrap_or(""),
-            caller, callee,
+            caller,
+            callee,
             status = r.status(),
             reason = r.reason(),
             "call refused"
@@ -936,7 +1012,14 @@ impl Endpoint {
     }
 
     /// RFC 3261 s22.2 / RFC 2617: challenge, or check the credentials.
-    fn check_digest(&mut self, now: Instant, key: &TxKey, sip: &SipMessage, user: &str, pass: &str) -> bool {
+    fn check_digest(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        sip: &SipMessage,
+        user: &str,
+        pass: &str,
+    ) -> bool {
         let realm = self.s.realm.clone();
         let now_unix = self.unix_secs(now);
         let creds_value = sip
@@ -946,7 +1029,9 @@ impl Endpoint {
         if let Some(value) = creds_value {
             match digest::parse_credentials(value) {
                 Ok(c) => {
-                    let nonce_state = self.nonces.check(c.nonce, now_unix, &realm, NONCE_MAX_AGE_S);
+                    let nonce_state = self
+                        .nonces
+                        .check(c.nonce, now_unix, &realm, NONCE_MAX_AGE_S);
                     match nonce_state {
                         NonceCheck::Valid => {
                             // RFC 2617 s3.2.2.5: the digest-uri names this request.
@@ -957,7 +1042,11 @@ impl Endpoint {
                             {
                                 return true;
                             }
-                            info!(call_id = sip.call_id().unwrap_or(""), username = c.username, "digest authentication failed");
+                            info!(
+                                call_id = sip.call_id().unwrap_or(""),
+                                username = c.username,
+                                "digest authentication failed"
+                            );
                             self.stats.calls_refused += 1;
                             self.respond(now, key, sip, 403, "Forbidden", "", None, None);
                             return false;
@@ -990,7 +1079,14 @@ impl Endpoint {
         })
     }
 
-    fn start_call(&mut self, now: Instant, key: TxKey, msg: Inbound, sip: SipMessage, routed: RoutedCall) {
+    fn start_call(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        msg: Inbound,
+        sip: SipMessage,
+        routed: RoutedCall,
+    ) {
         let call_id = sip.call_id().unwrap_or_default().to_string();
         let ck = CallKey(call_id.clone());
         let local_ip = self.local_ip(&msg.peer);
@@ -1000,7 +1096,16 @@ impl Endpoint {
         // offer in the 200 and the answer in the ACK.
         let Some(port) = self.rtp_ports.pop_front() else {
             warn!(call_id = %call_id, room = %routed.dispatch.room, "no free RTP port on this shard");
-            self.respond(now, &key, &sip, 503, "Service Unavailable", "Retry-After: 5\r\n", None, None);
+            self.respond(
+                now,
+                &key,
+                &sip,
+                503,
+                "Service Unavailable",
+                "Retry-After: 5\r\n",
+                None,
+                None,
+            );
             return;
         };
         let rtp = SocketAddr::new(local_ip, port);
@@ -1014,7 +1119,16 @@ impl Endpoint {
                     self.rtp_ports.push_back(port);
                     warn!(call_id = %call_id, error = %e, "malformed SDP offer");
                     let reason = format!("Bad Request - Malformed SDP: {e}");
-                    self.respond(now, &key, &sip, 400, &sanitize_reason(&reason), "", None, None);
+                    self.respond(
+                        now,
+                        &key,
+                        &sip,
+                        400,
+                        &sanitize_reason(&reason),
+                        "",
+                        None,
+                        None,
+                    );
                     return;
                 }
             };
@@ -1033,8 +1147,20 @@ impl Endpoint {
                     self.stats.calls_refused += 1;
                     info!(call_id = %call_id, room = %routed.dispatch.room, error = %e, "no common codec");
                     // RFC 3261 s13.3.1.1 / RFC 3264 s6: 488 with a Warning (s20.43, code 305).
-                    let extra = format!("Warning: 305 {} \"Incompatible media format\"\r\n", self.warn_agent());
-                    self.respond(now, &key, &sip, 488, "Not Acceptable Here", &extra, None, None);
+                    let extra = format!(
+                        "Warning: 305 {} \"Incompatible media format\"\r\n",
+                        self.warn_agent()
+                    );
+                    self.respond(
+                        now,
+                        &key,
+                        &sip,
+                        488,
+                        "Not Acceptable Here",
+                        &extra,
+                        None,
+                        None,
+                    );
                     return;
                 }
             }
@@ -1094,7 +1220,11 @@ impl Endpoint {
         self.out.push_back(Output::MediaOpen {
             call: ck.clone(),
             local: SocketAddr::new(
-                if msg.peer.local.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { msg.peer.local.ip() },
+                if msg.peer.local.ip().is_unspecified() {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    msg.peer.local.ip()
+                },
                 port,
             ),
         });
@@ -1102,7 +1232,16 @@ impl Endpoint {
         self.respond(now, &key, &sip, 100, "Trying", "", None, None);
         let contact = self.contact(&msg.peer);
         let extra = format!("Contact: {contact}\r\nAllow: {ALLOW}\r\n");
-        self.respond(now, &key, &sip, 180, "Ringing", &extra, Some(&local_tag), None);
+        self.respond(
+            now,
+            &key,
+            &sip,
+            180,
+            "Ringing",
+            &extra,
+            Some(&local_tag),
+            None,
+        );
         if let Some(at) = answer_at {
             if at <= now {
                 self.answer(now, &ck);
@@ -1122,7 +1261,11 @@ impl Endpoint {
 
     fn contact(&self, peer: &Peer) -> String {
         let ip = self.local_ip(peer);
-        let port = if peer.local.port() != 0 { peer.local.port() } else { self.s.sip_port };
+        let port = if peer.local.port() != 0 {
+            peer.local.port()
+        } else {
+            self.s.sip_port
+        };
         let host = match ip {
             IpAddr::V6(v6) => format!("[{v6}]"),
             IpAddr::V4(v4) => v4.to_string(),
@@ -1135,7 +1278,9 @@ impl Endpoint {
 
     /// Send the 200 OK (s13.3.1.4) and start its retransmission until ACK.
     fn answer(&mut self, now: Instant, ck: &CallKey) {
-        let Some(call) = self.calls.get(ck) else { return };
+        let Some(call) = self.calls.get(ck) else {
+            return;
+        };
         if call.state != CallState::Ringing {
             return;
         }
@@ -1154,14 +1299,18 @@ impl Endpoint {
                     .get(call.routed.trunk_index)
                     .map(|t| t.codec_prefs())
                     .unwrap_or_default();
-                sdp::offer(ip, call.rtp.port(), call.sdp_session.0, &prefs, &self.s.user_agent)
+                sdp::offer(
+                    ip,
+                    call.rtp.port(),
+                    call.sdp_session.0,
+                    &prefs,
+                    &self.s.user_agent,
+                )
             }
         };
         let contact = self.contact(&peer);
-        let extra = format!(
-            "Contact: {contact}\r\nAllow: {ALLOW}\r\nSupported: \r\n"
-        )
-        .replace("Supported: \r\n", "");
+        let extra = format!("Contact: {contact}\r\nAllow: {ALLOW}\r\nSupported: \r\n")
+            .replace("Supported: \r\n", "");
         let data = self.respond(
             now,
             &key,
@@ -1172,7 +1321,9 @@ impl Endpoint {
             Some(&tag),
             Some(("application/sdp", body.as_bytes())),
         );
-        let Some(call) = self.calls.get_mut(ck) else { return };
+        let Some(call) = self.calls.get_mut(ck) else {
+            return;
+        };
         call.state = CallState::Answered;
         call.answered = Some(now);
         self.stats.calls_answered += 1;
@@ -1180,7 +1331,9 @@ impl Endpoint {
         if let Some(spec) = media_spec(ck, call) {
             self.out.push_back(Output::MediaStart(spec));
         }
-        let Some(call) = self.calls.get_mut(ck) else { return };
+        let Some(call) = self.calls.get_mut(ck) else {
+            return;
+        };
         if let Some(data) = data {
             call.ok = Some(data);
             call.ok_give_up = Some(now + 64 * T1);
@@ -1195,7 +1348,9 @@ impl Endpoint {
     }
 
     fn fire_call_timer(&mut self, now: Instant, at: Instant, ck: &CallKey, kind: CallTimer) {
-        let Some(call) = self.calls.get_mut(ck) else { return };
+        let Some(call) = self.calls.get_mut(ck) else {
+            return;
+        };
         match kind {
             CallTimer::Answer => {
                 if call.answer_at == Some(at) {
@@ -1245,10 +1400,15 @@ impl Endpoint {
 
     fn on_ack(&mut self, now: Instant, sip: &SipMessage) {
         let Some(ck) = self.find_dialog(sip) else {
-            debug!(call_id = sip.call_id().unwrap_or(""), "ACK for no dialog ignored");
+            debug!(
+                call_id = sip.call_id().unwrap_or(""),
+                "ACK for no dialog ignored"
+            );
             return;
         };
-        let Some(call) = self.calls.get_mut(&ck) else { return };
+        let Some(call) = self.calls.get_mut(&ck) else {
+            return;
+        };
         if call.state == CallState::Answered {
             call.state = CallState::Confirmed;
             call.ok_next = None;
@@ -1278,7 +1438,16 @@ impl Endpoint {
 
     fn on_bye(&mut self, now: Instant, key: TxKey, sip: &SipMessage) {
         let Some(ck) = self.find_dialog(sip) else {
-            self.respond(now, &key, sip, 481, "Call/Transaction Does Not Exist", "", None, None);
+            self.respond(
+                now,
+                &key,
+                sip,
+                481,
+                "Call/Transaction Does Not Exist",
+                "",
+                None,
+                None,
+            );
             return;
         };
         self.respond(now, &key, sip, 200, "OK", "", None, None);
@@ -1294,7 +1463,16 @@ impl Endpoint {
             .as_ref()
             .is_some_and(|k| self.tx.request(k).is_some());
         if !matched {
-            self.respond(now, &key, sip, 481, "Call/Transaction Does Not Exist", "", None, None);
+            self.respond(
+                now,
+                &key,
+                sip,
+                481,
+                "Call/Transaction Does Not Exist",
+                "",
+                None,
+                None,
+            );
             return;
         }
         self.respond(now, &key, sip, 200, "OK", "", None, None);
@@ -1309,7 +1487,16 @@ impl Endpoint {
                 None => return,
             },
         };
-        self.respond(now, &invite_key, &invite, 487, "Request Terminated", "", tag.as_deref(), None);
+        self.respond(
+            now,
+            &invite_key,
+            &invite,
+            487,
+            "Request Terminated",
+            "",
+            tag.as_deref(),
+            None,
+        );
         if self.calls.contains_key(&ck) {
             self.finish_call(now, &ck, EndReason::Cancelled);
         }
@@ -1317,14 +1504,34 @@ impl Endpoint {
 
     fn on_reinvite(&mut self, now: Instant, key: TxKey, sip: &SipMessage) {
         let Some(ck) = self.find_dialog(sip) else {
-            self.respond(now, &key, sip, 481, "Call/Transaction Does Not Exist", "", None, None);
+            self.respond(
+                now,
+                &key,
+                sip,
+                481,
+                "Call/Transaction Does Not Exist",
+                "",
+                None,
+                None,
+            );
             return;
         };
-        let Some(call) = self.calls.get(&ck) else { return };
+        let Some(call) = self.calls.get(&ck) else {
+            return;
+        };
         let cseq = sip.cseq().map(|c| c.seq).unwrap_or(0);
         if cseq <= call.remote_cseq {
             // s12.2.2: lower CSeq than the last one inside the dialog.
-            self.respond(now, &key, sip, 500, "Server Internal Error - CSeq Out Of Order", "", None, None);
+            self.respond(
+                now,
+                &key,
+                sip,
+                500,
+                "Server Internal Error - CSeq Out Of Order",
+                "",
+                None,
+                None,
+            );
             return;
         }
         // Session refresh or hold: answer with our current session, renegotiated
@@ -1388,7 +1595,9 @@ impl Endpoint {
 
     /// End the call from our side with BYE (s15.1.1).
     fn send_bye(&mut self, now: Instant, ck: &CallKey, reason: EndReason) {
-        let Some(call) = self.calls.get_mut(ck) else { return };
+        let Some(call) = self.calls.get_mut(ck) else {
+            return;
+        };
         if call.state == CallState::Ending {
             return;
         }
@@ -1404,7 +1613,11 @@ impl Endpoint {
         let call_id = ck.0.clone();
         let branch = format!("z9hG4bK-{}", self.token());
         let local_ip = self.local_ip(&peer);
-        let port = if peer.local.port() != 0 { peer.local.port() } else { self.s.sip_port };
+        let port = if peer.local.port() != 0 {
+            peer.local.port()
+        } else {
+            self.s.sip_port
+        };
         let sent_by = match local_ip {
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
             IpAddr::V4(v4) => format!("{v4}:{port}"),
@@ -1429,7 +1642,8 @@ impl Endpoint {
         // address, which is right behind NAT and for trunks that send from their
         // signaling address), not a DNS lookup of the Contact.
         let key = TxKey::client(&branch, Method::Bye);
-        self.tx.start_client(now, key.clone(), peer, data.clone(), &call_id);
+        self.tx
+            .start_client(now, key.clone(), peer, data.clone(), &call_id);
         if let Some(c) = self.calls.get_mut(ck) {
             c.bye_key = Some(key);
         }
@@ -1438,7 +1652,9 @@ impl Endpoint {
 
     /// Release everything a call holds and write its call record.
     fn finish_call(&mut self, now: Instant, ck: &CallKey, reason: EndReason) {
-        let Some(call) = self.calls.remove(ck) else { return };
+        let Some(call) = self.calls.remove(ck) else {
+            return;
+        };
         self.rtp_ports.push_back(call.rtp.port());
         let duration = call
             .answered
@@ -1482,16 +1698,37 @@ impl Endpoint {
         }
         self.shutting_down = true;
         let keys: Vec<CallKey> = self.calls.keys().cloned().collect();
-        info!(shard = self.s.shard, calls = keys.len(), "shutting down: ending calls");
+        info!(
+            shard = self.s.shard,
+            calls = keys.len(),
+            "shutting down: ending calls"
+        );
         for ck in keys {
-            let Some(call) = self.calls.get(&ck) else { continue };
+            let Some(call) = self.calls.get(&ck) else {
+                continue;
+            };
             match call.state {
                 CallState::Ringing => {
-                    let (k, inv, tag) = (call.invite_key.clone(), call.invite.clone(), call.local_tag.clone());
-                    self.respond(now, &k, &inv, 503, "Service Unavailable", "Retry-After: 30\r\n", Some(&tag), None);
+                    let (k, inv, tag) = (
+                        call.invite_key.clone(),
+                        call.invite.clone(),
+                        call.local_tag.clone(),
+                    );
+                    self.respond(
+                        now,
+                        &k,
+                        &inv,
+                        503,
+                        "Service Unavailable",
+                        "Retry-After: 30\r\n",
+                        Some(&tag),
+                        None,
+                    );
                     self.finish_call(now, &ck, EndReason::ShutdownBeforeAnswer);
                 }
-                CallState::Answered | CallState::Confirmed => self.send_bye(now, &ck, EndReason::Shutdown),
+                CallState::Answered | CallState::Confirmed => {
+                    self.send_bye(now, &ck, EndReason::Shutdown)
+                }
                 CallState::Ending => {}
             }
         }
@@ -1512,15 +1749,28 @@ impl Endpoint {
 
     /// The driver could not bind the call's RTP port: end the call.
     pub fn handle_media_failed(&mut self, now: Instant, call: &CallKey) {
-        let Some(c) = self.calls.get(call) else { return };
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
         warn!(call_id = %call, room = %c.routed.dispatch.room, "RTP port could not be bound");
         match c.state {
             CallState::Ringing => {
                 let (k, inv, tag) = (c.invite_key.clone(), c.invite.clone(), c.local_tag.clone());
-                self.respond(now, &k, &inv, 503, "Service Unavailable", "Retry-After: 5\r\n", Some(&tag), None);
+                self.respond(
+                    now,
+                    &k,
+                    &inv,
+                    503,
+                    "Service Unavailable",
+                    "Retry-After: 5\r\n",
+                    Some(&tag),
+                    None,
+                );
                 self.finish_call(now, call, EndReason::MediaFailed);
             }
-            CallState::Answered | CallState::Confirmed => self.send_bye(now, call, EndReason::MediaFailed),
+            CallState::Answered | CallState::Confirmed => {
+                self.send_bye(now, call, EndReason::MediaFailed)
+            }
             CallState::Ending => {}
         }
     }
@@ -1575,10 +1825,7 @@ fn reason_phrase(status: u16) -> &'static str {
 
 /// Reason phrases cannot carry CR/LF (s25.1).
 fn sanitize_reason(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(120)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(120).collect()
 }
 
 #[cfg(test)]

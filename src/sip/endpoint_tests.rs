@@ -41,7 +41,11 @@ impl Net {
 
     /// Deliver bytes to `shard` as if its socket received them; run the mesh to idle.
     fn recv_on(&mut self, shard: usize, data: &str, transport: Transport) {
-        let msg = Inbound::new(Self::peer(transport), Bytes::from(data.to_string()), self.now);
+        let msg = Inbound::new(
+            Self::peer(transport),
+            Bytes::from(data.to_string()),
+            self.now,
+        );
         self.eps[shard].handle_inbound(self.now, msg);
         self.drain();
     }
@@ -62,9 +66,15 @@ impl Net {
                             self.eps[shard].handle_inbound(self.now, msg);
                             progressed = true;
                         }
-                        Output::MediaOpen { call, .. } => self.media.push((s, format!("open {call}"))),
-                        Output::MediaClose { call, .. } => self.media.push((s, format!("close {call}"))),
-                        Output::MediaStart(spec) => self.media.push((s, format!("start {}", spec.call))),
+                        Output::MediaOpen { call, .. } => {
+                            self.media.push((s, format!("open {call}")))
+                        }
+                        Output::MediaClose { call, .. } => {
+                            self.media.push((s, format!("close {call}")))
+                        }
+                        Output::MediaStart(spec) => {
+                            self.media.push((s, format!("start {}", spec.call)))
+                        }
                     }
                 }
             }
@@ -206,7 +216,10 @@ fn full_call_udp() {
     assert!(ok.contains("telephone-event/8000"));
     assert_eq!(
         net.media,
-        vec![(0, "open call-a".to_string()), (0, "start call-a".to_string())]
+        vec![
+            (0, "open call-a".to_string()),
+            (0, "start call-a".to_string())
+        ]
     );
     let tag = to_tag_of(&ok);
     assert!(tag.starts_with("sb0-"));
@@ -231,7 +244,10 @@ fn ok_is_retransmitted_until_ack_then_bye_on_timeout() {
     assert_eq!(oks, 4);
     net.advance(Duration::from_secs(40));
     let byes = net.requests();
-    assert!(byes.iter().any(|r| r.starts_with("BYE ")), "BYE after 64*T1 without ACK");
+    assert!(
+        byes.iter().any(|r| r.starts_with("BYE ")),
+        "BYE after 64*T1 without ACK"
+    );
 }
 
 #[test]
@@ -252,7 +268,11 @@ fn cancel_before_answer_gives_487() {
     let mut cfg = Config::dev();
     cfg.sip.answer_delay_ms = 2000;
     let mut net = Net::new(cfg, 2);
-    net.recv_on(1, &invite("call-c", "z9hG4bK-c1", "+15550100", SDP, ""), Transport::Udp);
+    net.recv_on(
+        1,
+        &invite("call-c", "z9hG4bK-c1", "+15550100", SDP, ""),
+        Transport::Udp,
+    );
     assert_eq!(net.statuses(), vec![100, 180]);
     let cancel = "CANCEL sip:+15550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-c1;rport\r\nFrom: \"Caller\" <sip:+15550123@127.0.0.1:5061>;tag=caller1\r\nTo: <sip:+15550100@127.0.0.1:5060>\r\nCall-ID: call-c\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
     net.recv_on(0, cancel, Transport::Udp);
@@ -282,10 +302,19 @@ fn malformed_gets_400_with_reason_and_garbage_is_dropped() {
     net.recv("INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-m1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
     let r = net.responses();
     assert_eq!(r.len(), 1);
-    assert!(r[0].1.starts_with("SIP/2.0 400 Bad Request - Missing Call-ID\r\n"), "{}", r[0].1);
+    assert!(
+        r[0].1
+            .starts_with("SIP/2.0 400 Bad Request - Missing Call-ID\r\n"),
+        "{}",
+        r[0].1
+    );
     net.recv("\u{0}\u{1}garbage");
     net.recv("OPTIONS sip:x SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\n\r\n");
-    assert_eq!(net.responses().len(), 1, "nothing addressable, nothing sent");
+    assert_eq!(
+        net.responses().len(),
+        1,
+        "nothing addressable, nothing sent"
+    );
     assert_eq!(net.eps[0].stats().dropped, 2);
 }
 
@@ -305,7 +334,11 @@ fn shutdown_byes_calls_and_refuses_new_ones() {
     net.recv(&in_dialog("ACK", "call-s", "z9hG4bK-s2", &tag, 1));
     net.eps[0].begin_shutdown(net.now);
     net.drain();
-    let bye = net.requests().into_iter().find(|r| r.starts_with("BYE ")).expect("BYE sent");
+    let bye = net
+        .requests()
+        .into_iter()
+        .find(|r| r.starts_with("BYE "))
+        .expect("BYE sent");
     assert!(!net.eps[0].is_drained());
     net.recv(&invite("call-new", "z9hG4bK-n1", "+15550100", SDP, ""));
     let last = net.responses().last().unwrap().clone();
@@ -328,14 +361,25 @@ fn two_shards_route_to_the_room_owner() {
         let cid = format!("route-{i}");
         let callee = format!("+1555010{i:02}");
         net.sent.clear();
-        net.recv_on(i % 2, &invite(&cid, &format!("z9hG4bK-x{i}"), &callee, SDP, ""), Transport::Udp);
+        net.recv_on(
+            i % 2,
+            &invite(&cid, &format!("z9hG4bK-x{i}"), &callee, SDP, ""),
+            Transport::Udp,
+        );
         let ok = ok_for_invite(&net);
         let room = format!("call-{callee}");
         let owner = room_shard(&room, 2);
         let tag = to_tag_of(&ok);
         assert_eq!(shard_in_token(&tag), Some(owner));
-        assert!(net.sent.iter().all(|(s, _)| *s == owner), "owner shard sends every response");
-        net.recv_on(1 - owner, &in_dialog("BYE", &cid, &format!("z9hG4bK-y{i}"), &tag, 2), Transport::Udp);
+        assert!(
+            net.sent.iter().all(|(s, _)| *s == owner),
+            "owner shard sends every response"
+        );
+        net.recv_on(
+            1 - owner,
+            &in_dialog("BYE", &cid, &format!("z9hG4bK-y{i}"), &tag, 2),
+            Transport::Udp,
+        );
         assert_eq!(net.statuses().last(), Some(&200));
     }
     assert_eq!(net.total_calls(), 20);

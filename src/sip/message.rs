@@ -285,8 +285,15 @@ impl ParseError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StartLine {
-    Request { method: Method, method_span: Span, uri: Span },
-    Response { status: u16, reason: Span },
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+    },
+    Response {
+        status: u16,
+        reason: Span,
+    },
 }
 
 /// One header line: its name (classified) and the spans of name and value.
@@ -343,7 +350,10 @@ pub enum Framing {
 
 /// Cut one message off the front of a stream buffer.
 pub fn frame_len(buf: &[u8]) -> Framing {
-    let ka = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+    let ka = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
     if ka > 0 {
         return Framing::KeepAlive(ka);
     }
@@ -512,9 +522,7 @@ impl SipMessage {
             None => Ok(available), // UDP: the rest of the datagram (RFC 3261 s18.3)
             Some(v) => match parse_u32(v.as_bytes()) {
                 None => Err(ParseError::ContentLength),
-                Some(_) if cls.next().is_some_and(|v2| v2 != v) => {
-                    Err(ParseError::DuplicateHeader)
-                }
+                Some(_) if cls.next().is_some_and(|v2| v2 != v) => Err(ParseError::DuplicateHeader),
                 Some(n) if n as usize > available => Err(ParseError::BodyTruncated),
                 Some(n) => Ok(n as usize),
             },
@@ -641,7 +649,9 @@ impl SipMessage {
     }
 
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        let v = self.header(HeaderName::CSeq).ok_or(ParseError::MissingCSeq)?;
+        let v = self
+            .header(HeaderName::CSeq)
+            .ok_or(ParseError::MissingCSeq)?;
         CSeq::parse(v)
     }
 
@@ -654,7 +664,9 @@ impl SipMessage {
     }
 
     pub fn from(&self) -> Result<NameAddr<'_>, ParseError> {
-        let v = self.header(HeaderName::From).ok_or(ParseError::MissingFrom)?;
+        let v = self
+            .header(HeaderName::From)
+            .ok_or(ParseError::MissingFrom)?;
         NameAddr::parse(v).ok_or(ParseError::BadFrom)
     }
 
@@ -869,7 +881,9 @@ fn parse_start_line(
     }
     let uri = &line[sp1 + 1..sp2];
     // RFC 4475 s3.1.2.11/12: whitespace or <...> in the Request-URI is an error.
-    if uri.iter().any(|b| b.is_ascii_whitespace() || *b == b'<' || *b == b'>')
+    if uri
+        .iter()
+        .any(|b| b.is_ascii_whitespace() || *b == b'<' || *b == b'>')
         || !uri.contains(&b':')
         || std::str::from_utf8(uri).is_err()
     {
@@ -1146,7 +1160,10 @@ impl<'a> NameAddr<'a> {
                 return None;
             }
             let params = after[gt + 1..].trim();
-            if uri.is_empty() || !uri.contains(':') || !(params.is_empty() || params.starts_with(';')) {
+            if uri.is_empty()
+                || !uri.contains(':')
+                || !(params.is_empty() || params.starts_with(';'))
+            {
                 return None;
             }
             Some(NameAddr {
@@ -1179,7 +1196,9 @@ impl<'a> NameAddr<'a> {
     }
 
     pub fn tag(&self) -> Option<&'a str> {
-        param(self.params, "tag").flatten().filter(|t| !t.is_empty())
+        param(self.params, "tag")
+            .flatten()
+            .filter(|t| !t.is_empty())
     }
 }
 
@@ -1249,7 +1268,10 @@ pub fn phone_number(user: &str) -> String {
         .all(|c| c.is_ascii_digit() || "+-.() ".contains(c))
         && decoded.chars().any(|c| c.is_ascii_digit());
     if looks_numeric {
-        decoded.chars().filter(|c| *c == '+' || c.is_ascii_digit()).collect()
+        decoded
+            .chars()
+            .filter(|c| *c == '+' || c.is_ascii_digit())
+            .collect()
     } else {
         decoded
     }
@@ -1341,15 +1363,28 @@ v=0\n";
         const H: &str = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n";
         let bad = |s: String| msg(&s).unwrap().validate_request().unwrap_err();
         assert_eq!(msg("").unwrap_err(), ParseError::Empty);
-        assert_eq!(msg("INVITE sip:a@b SIP/2.0\r\n").unwrap_err(), ParseError::Truncated);
-        assert_eq!(bad(format!("INVITE sip:a@b SIP/7.0\r\n{H}\r\n")), ParseError::Version);
-        assert_eq!(bad(format!("INVITE <sip:a@b> SIP/2.0\r\n{H}\r\n")), ParseError::RequestUri);
         assert_eq!(
-            bad(format!("INVITE sip:a@b SIP/2.0\r\n{H}Content-Length: 10\r\n\r\nabc")),
+            msg("INVITE sip:a@b SIP/2.0\r\n").unwrap_err(),
+            ParseError::Truncated
+        );
+        assert_eq!(
+            bad(format!("INVITE sip:a@b SIP/7.0\r\n{H}\r\n")),
+            ParseError::Version
+        );
+        assert_eq!(
+            bad(format!("INVITE <sip:a@b> SIP/2.0\r\n{H}\r\n")),
+            ParseError::RequestUri
+        );
+        assert_eq!(
+            bad(format!(
+                "INVITE sip:a@b SIP/2.0\r\n{H}Content-Length: 10\r\n\r\nabc"
+            )),
             ParseError::BodyTruncated
         );
         assert_eq!(
-            bad(format!("INVITE sip:a@b SIP/2.0\r\n{H}Content-Length: -1\r\n\r\n")),
+            bad(format!(
+                "INVITE sip:a@b SIP/2.0\r\n{H}Content-Length: -1\r\n\r\n"
+            )),
             ParseError::ContentLength
         );
         assert_eq!(ParseError::Version.status(), 505);
@@ -1362,7 +1397,10 @@ v=0\n";
         let one = "OPTIONS sip:x SIP/2.0\r\nContent-Length: 3\r\n\r\nabc";
         let two = format!("{one}{one}");
         assert_eq!(frame_len(two.as_bytes()), Framing::Complete(one.len()));
-        assert_eq!(frame_len(&two.as_bytes()[..one.len() - 1]), Framing::Partial);
+        assert_eq!(
+            frame_len(&two.as_bytes()[..one.len() - 1]),
+            Framing::Partial
+        );
         assert_eq!(frame_len(b"\r\n\r\nOPT"), Framing::KeepAlive(4));
         assert!(matches!(
             frame_len(b"OPTIONS sip:x SIP/2.0\r\n\r\n"),
@@ -1372,7 +1410,8 @@ v=0\n";
 
     #[test]
     fn uris_and_numbers() {
-        let u = SipUri::parse("sip:+1-555-0100;phone-context=x@example.com:5070;transport=tcp").unwrap();
+        let u = SipUri::parse("sip:+1-555-0100;phone-context=x@example.com:5070;transport=tcp")
+            .unwrap();
         assert_eq!(u.host, "example.com");
         assert_eq!(u.port, Some(5070));
         assert_eq!(phone_number(u.user.unwrap()), "+15550100");

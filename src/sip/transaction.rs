@@ -215,7 +215,12 @@ impl Transactions {
                     // s17.2.1: ACK moves Completed -> Confirmed, Timer I = T4 (0 on TCP).
                     tx.state = ServerState::Confirmed;
                     tx.timer_g = None;
-                    let at = now + if peer.is_reliable() { Duration::ZERO } else { T4 };
+                    let at = now
+                        + if peer.is_reliable() {
+                            Duration::ZERO
+                        } else {
+                            T4
+                        };
                     tx.timer_end = Some(at);
                     self.arm(at, &key, TimerKind::End);
                     return RequestMatch::AckAbsorbed;
@@ -338,7 +343,14 @@ impl Transactions {
     }
 
     /// Start a non-INVITE client transaction (s17.1.2) for a request we send.
-    pub fn start_client(&mut self, now: Instant, key: TxKey, peer: Peer, request: Bytes, call_id: &str) {
+    pub fn start_client(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        peer: Peer,
+        request: Bytes,
+        call_id: &str,
+    ) {
         let reliable = peer.is_reliable();
         let f = now + 64 * T1;
         let e = (!reliable).then(|| now + T1);
@@ -376,7 +388,12 @@ impl Transactions {
         tx.done = true;
         tx.timer_e = None;
         // Timer K: T4 on UDP to absorb retransmitted responses, 0 on TCP.
-        let at = now + if tx.peer.is_reliable() { Duration::ZERO } else { T4 };
+        let at = now
+            + if tx.peer.is_reliable() {
+                Duration::ZERO
+            } else {
+                T4
+            };
         tx.timer_end = Some(at);
         let call = tx.call_id.clone();
         self.arm(at, key, TimerKind::ClientEnd);
@@ -520,7 +537,9 @@ mod tests {
         t.respond(now, &key, 200, Bytes::from_static(b"200"));
         assert_eq!(t.server_state(&key), Some(ServerState::Accepted));
         // A late second final is not sent.
-        assert!(t.respond(now, &key, 486, Bytes::from_static(b"486")).is_none());
+        assert!(t
+            .respond(now, &key, 486, Bytes::from_static(b"486"))
+            .is_none());
         match t.on_request(now, &inv, p) {
             RequestMatch::Retransmission {
                 resend: Some((_, d)),
@@ -584,10 +603,7 @@ mod tests {
     fn cancel_finds_its_invite() {
         let inv = req("INVITE", "z9hG4bK-d");
         let cancel = req("CANCEL", "z9hG4bK-d");
-        assert_eq!(
-            TxKey::invite_for_cancel(&cancel),
-            TxKey::for_request(&inv)
-        );
+        assert_eq!(TxKey::invite_for_cancel(&cancel), TxKey::for_request(&inv));
         assert_ne!(TxKey::for_request(&cancel), TxKey::for_request(&inv));
     }
 
@@ -619,7 +635,13 @@ mod tests {
         let mut t = Transactions::new();
         let now = Instant::now();
         let key = TxKey::client("z9hG4bK-sb0-2", Method::Bye);
-        t.start_client(now, key.clone(), peer(Transport::Udp), Bytes::from_static(b"BYE"), "c9");
+        t.start_client(
+            now,
+            key.clone(),
+            peer(Transport::Udp),
+            Bytes::from_static(b"BYE"),
+            "c9",
+        );
         assert_eq!(t.on_response(now, &key, 200).as_deref(), Some("c9"));
         assert_eq!(t.on_response(now, &key, 200), None, "retransmitted 200");
         let mut out = vec![];

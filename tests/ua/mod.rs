@@ -31,7 +31,7 @@ pub fn ulaw_encode(sample: i16) -> u8 {
         mask >>= 1;
     }
     let mant = (s >> (exp + 3)) & 0x0F;
-    !(sign | (exp << 4) as i32 | mant) as u8
+    !(sign | (exp << 4) | mant) as u8
 }
 
 pub fn ulaw_decode(code: u8) -> i16 {
@@ -102,7 +102,8 @@ impl Ua {
     pub fn new(server: SocketAddr, from_number: &str, to_number: &str, tag: &str) -> Ua {
         let sip = UdpSocket::bind("127.0.0.1:0").expect("bind sip");
         let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind rtp");
-        sip.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sip.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         Ua {
             sip,
             rtp,
@@ -123,7 +124,9 @@ impl Ua {
     }
 
     fn send(&self, text: &str) {
-        self.sip.send_to(text.as_bytes(), self.server).expect("send sip");
+        self.sip
+            .send_to(text.as_bytes(), self.server)
+            .expect("send sip");
     }
 
     fn recv(&mut self, deadline: Instant) -> Option<String> {
@@ -265,7 +268,10 @@ fn bye_ok(bye: &str) -> String {
 
 fn parse_sdp_addr(msg: &str) -> Option<SocketAddr> {
     let body = msg.split("\r\n\r\n").nth(1)?;
-    let ip = body.lines().find_map(|l| l.strip_prefix("c=IN IP4 "))?.trim();
+    let ip = body
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))?
+        .trim();
     let port = body
         .lines()
         .find_map(|l| l.strip_prefix("m=audio "))?
@@ -324,7 +330,9 @@ impl MediaRun {
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let rx_sock = sock.try_clone().unwrap();
-        rx_sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        rx_sock
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let (rx_stop, rx_store) = (Arc::clone(&stop), Arc::clone(&received));
         let receiver = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
@@ -367,7 +375,10 @@ impl MediaRun {
 
     /// Wait for the sender to finish; returns the actual send instants.
     pub fn join_sender(&mut self) -> Vec<Instant> {
-        self.sender.take().map(|h| h.join().unwrap()).unwrap_or_default()
+        self.sender
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default()
     }
 
     pub fn stop(mut self) -> Vec<Received> {
@@ -393,7 +404,12 @@ fn rtp_packet(seq: u16, ts: u32, ssrc: u32, pt: u8, marker: bool, payload: &[u8]
     p
 }
 
-fn send_plan(sock: &UdpSocket, dst: SocketAddr, plan: &StreamPlan, stop: &AtomicBool) -> Vec<Instant> {
+fn send_plan(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    plan: &StreamPlan,
+    stop: &AtomicBool,
+) -> Vec<Instant> {
     let start = Instant::now() + Duration::from_millis(20);
     let mut sent_at = Vec::with_capacity(plan.packets);
     // Build every packet first (index order), then apply reordering.
@@ -410,7 +426,12 @@ fn send_plan(sock: &UdpSocket, dst: SocketAddr, plan: &StreamPlan, stop: &Atomic
             // RFC 4733: 5 updates of 20 ms then 3 end packets, same timestamp.
             let end = n >= 5;
             let dur = (160 * (n.min(5) + 1)) as u16;
-            let payload = [ev, if end { 0x80 | 10 } else { 10 }, (dur >> 8) as u8, dur as u8];
+            let payload = [
+                ev,
+                if end { 0x80 | 10 } else { 10 },
+                (dur >> 8) as u8,
+                dur as u8,
+            ];
             packets.push((i, rtp_packet(seq, ets, plan.ssrc, 101, n == 0, &payload)));
             dtmf_left = if n >= 7 { None } else { Some((ev, ets, n + 1)) };
             continue;
@@ -464,27 +485,6 @@ pub fn decode_pcmu(rx: &[Received]) -> Vec<i16> {
         .collect()
 }
 
-#[cfg(test)]
-mod self_tests {
-    use super::*;
-
-    #[test]
-    fn ulaw_roundtrip_is_close() {
-        for x in [-30000i16, -1000, -10, 0, 10, 1000, 30000] {
-            let y = ulaw_decode(ulaw_encode(x));
-            assert!((i32::from(x) - i32::from(y)).abs() <= i32::from(x).abs() / 16 + 8, "{x} {y}");
-        }
-    }
-
-    #[test]
-    fn goertzel_finds_tone() {
-        let s: Vec<i16> = (0..8000)
-            .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 8000.0).sin()) as i16)
-            .collect();
-        assert!(tone_power(&s, 1000.0) > 100.0 * tone_power(&s, 600.0));
-    }
-}
-
 /// A `switchboard` process for one test, on its own ports; SIGTERM on drop.
 pub struct Server {
     pub child: std::process::Child,
@@ -510,14 +510,20 @@ impl Server {
             .spawn()
             .expect("start switchboard");
         let sip: SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
-        let server = Server { child, sip, log, dir };
+        let server = Server {
+            child,
+            sip,
+            log,
+            dir,
+        };
         server.wait_ready();
         server
     }
 
     fn wait_ready(&self) {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let l = s.local_addr().unwrap();
         let mut buf = [0u8; 4096];
         for i in 0..100 {
@@ -529,7 +535,10 @@ impl Server {
                 }
             }
         }
-        panic!("switchboard did not answer OPTIONS; log:\n{}", self.log_text());
+        panic!(
+            "switchboard did not answer OPTIONS; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -584,4 +593,30 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());
     Some(rest[..end].trim_matches('"'))
+}
+
+#[cfg(test)]
+mod self_tests {
+    use super::*;
+
+    #[test]
+    fn ulaw_roundtrip_is_close() {
+        for x in [-30000i16, -1000, -10, 0, 10, 1000, 30000] {
+            let y = ulaw_decode(ulaw_encode(x));
+            assert!(
+                (i32::from(x) - i32::from(y)).abs() <= i32::from(x).abs() / 16 + 8,
+                "{x} {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn goertzel_finds_tone() {
+        let s: Vec<i16> = (0..8000)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 8000.0).sin()) as i16
+            })
+            .collect();
+        assert!(tone_power(&s, 1000.0) > 100.0 * tone_power(&s, 600.0));
+    }
 }
