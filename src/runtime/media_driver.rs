@@ -55,6 +55,8 @@ struct Port {
 pub enum MediaNotice {
     /// No RTP for the media timeout: the endpoint sends BYE.
     Timeout(CallKey),
+    /// A digit the caller pressed (the endpoint uses it for PIN entry).
+    Dtmf(CallKey, char),
 }
 
 pub struct ShardMedia {
@@ -309,6 +311,9 @@ impl ShardMedia {
                         duration_ms,
                     } => {
                         info!(call_id = %call.0, room = %room, digit = %digit, duration_ms, shard = self.shard, "dtmf");
+                        if let Some(k) = self.by_media_key.get(&call) {
+                            notices.push(MediaNotice::Dtmf(k.clone(), digit));
+                        }
                     }
                     MediaEvent::MediaTimeout { call } => {
                         if let Some(k) = self.by_media_key.get(&call) {

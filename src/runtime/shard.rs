@@ -306,6 +306,12 @@ async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
                         shard.drain(&mut ep, now);
                     }
                 }
+                MediaNotice::Dtmf(call, digit) => {
+                    if let Ok(mut ep) = shard.endpoint.try_borrow_mut() {
+                        ep.handle_dtmf(now, &call, digit);
+                        shard.drain(&mut ep, now);
+                    }
+                }
             }
         }
     }

@@ -271,6 +271,7 @@ pub enum EndReason {
     ByeTimeout,
     MediaFailed,
     MediaTimeout,
+    WrongPin,
 }
 
 impl EndReason {
@@ -284,6 +285,7 @@ impl EndReason {
             EndReason::ByeTimeout => "bye-timeout",
             EndReason::MediaFailed => "media-failed",
             EndReason::MediaTimeout => "media-timeout",
+            EndReason::WrongPin => "wrong-pin",
         }
     }
     fn by(self) -> &'static str {
@@ -325,7 +327,21 @@ struct Call {
     answer_at: Option<Instant>,
     end_reason: Option<EndReason>,
     bye_key: Option<TxKey>,
+    /// PIN still to be entered (direct rule with `pin`): the caller waits in a
+    /// room of its own until the digits match.
+    pin: Option<PinWait>,
 }
+
+/// A caller entering a dispatch rule's PIN with DTMF.
+struct PinWait {
+    expected: String,
+    entered: String,
+    attempts: u8,
+}
+
+/// Wrong PINs a caller may enter before we hang up (livekit-sip also gives up
+/// after a few tries).
+const PIN_ATTEMPTS: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum CallTimer {
@@ -1178,6 +1194,7 @@ impl Endpoint {
             .header_values(HeaderName::RecordRoute)
             .map(str::to_string)
             .collect();
+        let routed_for_pin = routed.dispatch.pin.clone();
         let call = Call {
             state: CallState::Ringing,
             invite_key: key.clone(),
@@ -1200,6 +1217,11 @@ impl Endpoint {
             answer_at: Some(now + self.s.answer_delay),
             end_reason: None,
             bye_key: None,
+            pin: routed_for_pin.map(|expected| PinWait {
+                expected,
+                entered: String::new(),
+                attempts: 0,
+            }),
             invite: sip.clone(),
             peer: msg.peer,
             local_tag: local_tag.clone(),
@@ -1739,6 +1761,37 @@ impl Endpoint {
         self.shutting_down && self.calls.is_empty() && self.tx.client_pending() == 0
     }
 
+    /// A DTMF digit from the caller (RFC 4733, via the media engine). Used for
+    /// the dispatch rule's PIN; `#` ends an entry early.
+    pub fn handle_dtmf(&mut self, now: Instant, call: &CallKey, digit: char) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let Some(pin) = c.pin.as_mut() else { return };
+        if digit != '#' {
+            pin.entered.push(digit);
+        }
+        if digit != '#' && pin.entered.len() < pin.expected.len() {
+            return;
+        }
+        if pin.entered == pin.expected {
+            c.pin = None;
+            info!(call_id = %call, room = %c.routed.dispatch.room, "PIN accepted; joining the room");
+            if c.state != CallState::Ringing {
+                if let Some(spec) = media_spec(call, c) {
+                    self.out.push_back(Output::MediaStart(spec));
+                }
+            }
+            return;
+        }
+        pin.attempts += 1;
+        pin.entered.clear();
+        warn!(call_id = %call, room = %c.routed.dispatch.room, attempts = pin.attempts, "wrong PIN");
+        if pin.attempts >= PIN_ATTEMPTS {
+            self.send_bye(now, call, EndReason::WrongPin);
+        }
+    }
+
     /// No RTP from the caller for the media timeout: end the call with BYE.
     pub fn handle_media_timeout(&mut self, now: Instant, call: &CallKey) {
         if let Some(c) = self.calls.get(call) {
@@ -1780,9 +1833,14 @@ impl Endpoint {
 /// (late offer before its ACK).
 fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
     let n = call.negotiated.as_ref()?;
+    // Until the PIN is right the caller hears no one and no one hears it.
+    let room = match call.pin {
+        Some(_) => format!("pin:{ck}"),
+        None => call.routed.dispatch.room.clone(),
+    };
     Some(MediaSpec {
         call: ck.clone(),
-        room: call.routed.dispatch.room.clone(),
+        room,
         local: call.rtp,
         remote: n.remote_rtp,
         codec: n.codec,

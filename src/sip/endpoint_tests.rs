@@ -394,3 +394,90 @@ fn rtp_slices_are_disjoint_and_even() {
     assert!(a.iter().all(|p| !b.contains(p) && !b.contains(&(p + 1))));
     assert_eq!(a.len() + b.len(), 5000);
 }
+
+fn pin_config() -> Config {
+    Config::from_str(
+        r#"
+[sip]
+bind = "127.0.0.1"
+port = 5060
+[[trunks]]
+id = "ST_t"
+[[dispatch_rules]]
+id = "SDR_conf"
+type = "direct"
+room_name = "conference"
+pin = "4321"
+"#,
+        "pin.toml",
+    )
+    .unwrap()
+}
+
+fn media_starts(net: &Net) -> Vec<String> {
+    net.media
+        .iter()
+        .filter(|(_, m)| m.starts_with("start "))
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+#[test]
+fn pin_rule_waits_for_the_right_digits_then_joins_the_room() {
+    let mut net = Net::new(pin_config(), 1);
+    net.recv(&invite("call-pin", "z9hG4bK-p1", "+15550100", SDP, ""));
+    let tag = to_tag_of(&ok_for_invite(&net));
+    net.recv(&in_dialog("ACK", "call-pin", "z9hG4bK-p2", &tag, 1));
+    let ck = CallKey("call-pin".into());
+    // Answered, but parked: one MediaStart so far, into a room of its own.
+    assert_eq!(media_starts(&net).len(), 1);
+    let spec_room = |net: &Net| {
+        net.eps[0]
+            .calls
+            .get(&ck)
+            .map(|c| media_spec(&ck, c).unwrap().room)
+    };
+    assert_eq!(spec_room(&net).as_deref(), Some("pin:call-pin"));
+    // A wrong entry ended by '#', then the right one.
+    for d in ['9', '#', '4', '3', '2'] {
+        net.eps[0].handle_dtmf(net.now, &ck, d);
+    }
+    net.drain();
+    assert_eq!(media_starts(&net).len(), 1, "not yet: 3 of 4 digits");
+    net.eps[0].handle_dtmf(net.now, &ck, '1');
+    net.drain();
+    assert_eq!(
+        media_starts(&net).len(),
+        2,
+        "PIN right: MediaStart into the room"
+    );
+    assert_eq!(spec_room(&net).as_deref(), Some("conference"));
+}
+
+#[test]
+fn three_wrong_pins_end_the_call() {
+    let mut net = Net::new(pin_config(), 1);
+    net.recv(&invite("call-badpin", "z9hG4bK-q1", "+15550100", SDP, ""));
+    let tag = to_tag_of(&ok_for_invite(&net));
+    net.recv(&in_dialog("ACK", "call-badpin", "z9hG4bK-q2", &tag, 1));
+    let ck = CallKey("call-badpin".into());
+    for _ in 0..2 {
+        for d in "1111".chars() {
+            net.eps[0].handle_dtmf(net.now, &ck, d);
+        }
+    }
+    net.drain();
+    assert!(
+        !net.requests().iter().any(|r| r.starts_with("BYE ")),
+        "two wrong PINs: still up"
+    );
+    for d in "0000".chars() {
+        net.eps[0].handle_dtmf(net.now, &ck, d);
+    }
+    net.drain();
+    assert!(
+        net.requests().iter().any(|r| r.starts_with("BYE ")),
+        "third wrong PIN: BYE"
+    );
+    assert_eq!(media_starts(&net).len(), 1, "never joined the room");
+}
