@@ -17,6 +17,7 @@ USAGE:
 OPTIONS:
     --shards N       number of shards (one pinned executor per core);
                      default: [server] shards, else every core this process may use
+    --metrics-port P Prometheus /metrics port (default: [metrics] port, 6789; 0 = off)
     --check          only validate the configuration
     -h, --help       this text
     -V, --version    print the version
@@ -28,6 +29,7 @@ struct Args {
     dev: bool,
     config: Option<PathBuf>,
     shards: Option<usize>,
+    metrics_port: Option<u16>,
     check: bool,
 }
 
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         dev: false,
         config: None,
         shards: None,
+        metrics_port: None,
         check: false,
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +59,13 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--shards must be at least 1".into());
                 }
                 args.shards = Some(n);
+            }
+            "--metrics-port" => {
+                let v = it.next().ok_or("--metrics-port needs a port")?;
+                let p: u16 = v
+                    .parse()
+                    .map_err(|_| format!("--metrics-port: not a port: {v:?}"))?;
+                args.metrics_port = Some(p);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -114,6 +124,10 @@ fn main() -> ExitCode {
         },
         None => Config::dev(),
     };
+    let mut config = config;
+    if let Some(p) = args.metrics_port {
+        config.metrics.port = p;
+    }
     if args.check {
         println!("configuration OK");
         return ExitCode::SUCCESS;
