@@ -20,6 +20,7 @@ mod common;
 
 use std::io::Write as _;
 use std::net::UdpSocket;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -75,16 +76,46 @@ port = 0
     )
 }
 
+/// The load test runs alone. On a 2-core machine it slows every other server and
+/// sipp enough to trigger SIP retransmissions (T1 = 500 ms), which the functional
+/// tests do not set out to test; they share the gate with each other.
+static GATE: RwLock<()> = RwLock::new(());
+
+enum Gate {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+fn shared() -> Gate {
+    Gate::Shared(GATE.read().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn alone() -> Gate {
+    Gate::Alone(GATE.write().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// Start sipp's side and the server; `None` when sipp is missing (skipped loudly).
 struct Setup {
     sipp: std::path::PathBuf,
     scratch: Scratch,
     ports: Ports,
     server: Server,
+    // Dropped last: the server is stopped before the next exclusive test starts.
+    _gate: Gate,
 }
 
 fn setup(test: &str, config_template: &str, rtp_ports: u32) -> Option<Setup> {
+    setup_gated(test, config_template, rtp_ports, shared)
+}
+
+fn setup_gated(
+    test: &str,
+    config_template: &str,
+    rtp_ports: u32,
+    gate: fn() -> Gate,
+) -> Option<Setup> {
     let sipp = sipp_or_skip(test)?;
+    let _gate = gate();
     let scratch = Scratch::new(test);
     let ports = Ports::alloc(rtp_ports);
     let server = Server::start(&scratch, config_template, &ports);
@@ -93,6 +124,7 @@ fn setup(test: &str, config_template: &str, rtp_ports: u32) -> Option<Setup> {
         scratch,
         ports,
         server,
+        _gate,
     })
 }
 
@@ -359,7 +391,7 @@ fn calls_complete_over_a_lossy_link() {
 
 #[test]
 fn load_50_calls_per_second_for_20_seconds() {
-    let Some(s) = setup("load_50cps", &config("", TRUNKS), 1000) else {
+    let Some(s) = setup_gated("load_50cps", &config("", TRUNKS), 1000, alone) else {
         return;
     };
     // sipp's own built-in UAC: 1000 calls of 2 s each at 50/s (~100 at once).
@@ -587,6 +619,7 @@ fn expectations() -> Vec<Expectation> {
 #[test]
 fn malformed_requests_get_400_or_are_dropped() {
     // No sipp needed: raw datagrams from a socket of our own.
+    let _gate = shared();
     let scratch = Scratch::new("malformed");
     let ports = Ports::alloc(20);
     let server = Server::start(&scratch, &config("", TRUNKS), &ports);
@@ -761,6 +794,7 @@ fn tcp_options(local: &str, server: &str, n: u32) -> Vec<u8> {
 fn malformed_requests_over_tcp() {
     use std::io::Write as _;
     use std::net::TcpStream;
+    let _gate = shared();
     let scratch = Scratch::new("malformed_tcp");
     let ports = Ports::alloc(20);
     let server = Server::start(&scratch, &config("", TRUNKS), &ports);
