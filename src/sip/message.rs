@@ -482,13 +482,33 @@ impl SipMessage {
                 continue;
             }
             let line = &buf[ls..le];
-            let colon = line
-                .iter()
-                .position(|b| *b == b':')
-                .ok_or(ParseError::HeaderLine)?;
+            // A broken header line does not make the message unaddressable: skip
+            // it, remember the error, answer 400 if Via & co. are readable.
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                deferred.get_or_insert(ParseError::HeaderLine);
+                continue;
+            };
             let name = trim(&line[..colon]);
             if name.is_empty() || !name.iter().all(|b| is_token(*b)) {
-                return Err(ParseError::HeaderLine);
+                deferred.get_or_insert(ParseError::HeaderLine);
+                continue;
+            }
+            let kind = HeaderName::from_bytes(name);
+            if headers.len() >= MAX_HEADERS {
+                // Past the limit only the headers a 400 needs are kept, and
+                // only a few more of those: memory stays bounded.
+                deferred.get_or_insert(ParseError::TooManyHeaders);
+                let core = matches!(
+                    kind,
+                    HeaderName::Via
+                        | HeaderName::From
+                        | HeaderName::To
+                        | HeaderName::CallId
+                        | HeaderName::CSeq
+                );
+                if !core || headers.len() >= MAX_HEADERS + 16 {
+                    continue;
+                }
             }
             let name_start = ls + (name.as_ptr() as usize - line.as_ptr() as usize);
             let mut vs = ls + colon + 1;
@@ -499,11 +519,8 @@ impl SipMessage {
             while ve > vs && is_ws(buf[ve - 1]) {
                 ve -= 1;
             }
-            if headers.len() == MAX_HEADERS {
-                return Err(ParseError::TooManyHeaders);
-            }
             headers.push(Header {
-                name: HeaderName::from_bytes(name),
+                name: kind,
                 name_span: Span::new(name_start, name_start + name.len()),
                 value: Span::new(vs, ve),
             });

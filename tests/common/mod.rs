@@ -40,13 +40,20 @@ pub fn repo_path(rel: &str) -> PathBuf {
 // ---------------------------------------------------------------------------
 
 /// Ports are handed out from one cursor per test process, starting at a pid-derived
-/// offset so that two test binaries running at once (or another developer's run on
-/// the same machine) are unlikely to probe the same ports; every port is also checked
-/// free before it is handed out. 16000..25000 stays below Linux's ephemeral range
-/// (32768..60999, where the kernel puts every `bind(:0)` socket: a load generator can
-/// hold thousands there) and clear of the fixed ports other tests use (25060..,
-/// 30000..31199).
-const PORT_LO: u32 = 16_000;
+/// offset, and every block is
+/// - reserved across processes (a file per block in [`reservation_dir`], naming the
+///   owner's pid; blocks of dead owners are reclaimed), because a server's RTP range
+///   is only bound call by call, so probing alone cannot see it: two test runs at once
+///   (a developer's and the lead's, say) would otherwise hand out the same range;
+/// - probed free (bind) before it is handed out, for everything else on the machine.
+///
+/// 20002..25000 stays clear of
+/// - the default RTP range 10000..=20000 (`switchboard --dev`, `scripts/dev.sh`, a
+///   developer's server may be binding there at any moment),
+/// - Linux's ephemeral range 32768..60999 (every `bind(:0)` lands there; a load
+///   generator can hold thousands of them),
+/// - the fixed ports other tests use (25060.., 30000..31199).
+const PORT_LO: u32 = 20_002;
 const PORT_HI: u32 = 25_000;
 
 fn port_cursor() -> &'static Mutex<u32> {
@@ -65,8 +72,70 @@ fn tcp_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// `n` consecutive ports, all free on UDP (and on TCP too when `tcp`).
-pub fn alloc_ports(n: u32, tcp: bool) -> u16 {
+/// Where port reservations live: one empty file `BASE-LEN-PID` per block.
+pub fn reservation_dir() -> PathBuf {
+    std::env::temp_dir().join("switchboard-test-ports")
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists; it touches
+    // no memory of ours.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A reserved block of ports; the reservation ends when the last clone is dropped.
+#[derive(Debug)]
+struct Reservation(PathBuf);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reserve `base..base+n` unless a live process holds an overlapping block.
+fn reserve(base: u32, n: u32) -> Option<Reservation> {
+    let dir = reservation_dir();
+    std::fs::create_dir_all(&dir).ok()?;
+    // One process at a time looks at and changes the reservations (flock on a lock
+    // file; released when the file is closed at the end of this function).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .ok()?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock(2) on a descriptor we own and keep open for the whole call.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return None;
+    }
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('-').map(|p| p.parse::<u32>().ok());
+        let (Some(Some(b)), Some(Some(len)), Some(Some(pid))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if b < base + n && base < b + len {
+            return None;
+        }
+    }
+    let path = dir.join(format!("{base}-{n}-{}", std::process::id()));
+    std::fs::File::create(&path).ok()?;
+    drop(lock);
+    Some(Reservation(path))
+}
+
+/// `n` consecutive ports, reserved for this process and free on UDP (and on TCP
+/// too when `tcp`).
+fn alloc_block(n: u32, tcp: bool) -> (u16, Reservation) {
     let mut cur = port_cursor().lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..2_000 {
         if *cur + n >= PORT_HI {
@@ -74,42 +143,54 @@ pub fn alloc_ports(n: u32, tcp: bool) -> u16 {
         }
         let base = *cur;
         *cur += n;
+        let Some(held) = reserve(base, n) else {
+            continue;
+        };
         let all_free = (base..base + n).all(|p| {
             let p = p as u16;
             udp_free(p) && (!tcp || tcp_free(p))
         });
         if all_free {
-            return base as u16;
+            return (base as u16, held);
         }
     }
     panic!("no block of {n} free ports in {PORT_LO}..{PORT_HI}");
 }
 
+/// `n` consecutive free ports, reserved until this process exits.
+pub fn alloc_ports(n: u32, tcp: bool) -> u16 {
+    let (base, held) = alloc_block(n, tcp);
+    std::mem::forget(held);
+    base
+}
+
 /// The ports one test uses: the server's SIP port (UDP+TCP), its RTP range, and a
-/// client port and media port for sipp.
-#[derive(Clone, Copy, Debug)]
+/// client port and media port for sipp. Reserved until dropped.
+#[derive(Clone, Debug)]
 pub struct Ports {
     pub sip: u16,
     pub rtp_min: u16,
     pub rtp_max: u16,
     pub client: u16,
     pub client_media: u16,
+    _held: std::sync::Arc<Vec<Reservation>>,
 }
 
 impl Ports {
     /// `rtp` ports for the server (two per concurrent call: RTP and RTCP).
     pub fn alloc(rtp: u32) -> Ports {
-        let sip = alloc_ports(1, true);
-        let rtp_min = alloc_ports(rtp, false);
-        let client = alloc_ports(1, true);
+        let (sip, a) = alloc_block(1, true);
+        let (rtp_min, b) = alloc_block(rtp, false);
+        let (client, c) = alloc_block(1, true);
         // sipp's media port and the three above it (it may open RTP+RTCP, audio+video).
-        let client_media = alloc_ports(4, false);
+        let (client_media, d) = alloc_block(4, false);
         Ports {
             sip,
             rtp_min,
             rtp_max: rtp_min + (rtp - 1) as u16,
             client,
             client_media,
+            _held: std::sync::Arc::new(vec![a, b, c, d]),
         }
     }
 
@@ -931,6 +1012,20 @@ mod tests {
         let r = trace_blocks(log, "message received");
         assert_eq!(r.len(), 1);
         assert!(r[0].starts_with("SIP/2.0 100"));
+    }
+
+    #[test]
+    fn harness_reservations_exclude_overlaps_and_end_on_drop() {
+        // Far from where the cursor hands out ports, so no other test sees these.
+        let a = reserve(PORT_HI - 40, 10).expect("free block");
+        assert!(
+            reserve(PORT_HI - 35, 10).is_none(),
+            "overlap must be refused"
+        );
+        let b = reserve(PORT_HI - 30, 10).expect("adjacent block is free");
+        drop(a);
+        let c = reserve(PORT_HI - 35, 5).expect("free again after drop");
+        drop((b, c));
     }
 
     #[test]
