@@ -1016,16 +1016,16 @@ mod tests {
 
     #[test]
     fn harness_reservations_exclude_overlaps_and_end_on_drop() {
-        // Far from where the cursor hands out ports, so no other test sees these.
-        let a = reserve(PORT_HI - 40, 10).expect("free block");
-        assert!(
-            reserve(PORT_HI - 35, 10).is_none(),
-            "overlap must be refused"
-        );
-        let b = reserve(PORT_HI - 30, 10).expect("adjacent block is free");
+        // Reservations are only files: use numbers no real port has, per process, so
+        // no other test (here or in a concurrent run) sees these.
+        let x = 100_000 + (std::process::id() % 100_000) * 100;
+        let a = reserve(x, 10).expect("free block");
+        assert!(reserve(x + 5, 10).is_none(), "overlap must be refused");
+        let b = reserve(x + 10, 10).expect("adjacent block is free");
         drop(a);
-        let c = reserve(PORT_HI - 35, 5).expect("free again after drop");
+        let c = reserve(x + 5, 5).expect("free again after drop");
         drop((b, c));
+        assert!(reserve(x, 20).is_some(), "all released");
     }
 
     #[test]
