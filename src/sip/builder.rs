@@ -155,6 +155,16 @@ pub fn response_target(req: &SipMessage, source: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Where to reconnect when a stream (TCP) response finds its connection closed
+/// (RFC 3261 s18.2.2): the source IP with the Via sent-by port. The driver uses
+/// the request's connection first when it is still open.
+pub fn stream_response_target(req: &SipMessage, source: SocketAddr) -> SocketAddr {
+    match req.top_via() {
+        Ok(v) => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
+        Err(_) => source,
+    }
+}
+
 /// An in-dialog request we originate (BYE, re-INVITE...), s12.2.1.1.
 pub struct DialogRequest<'a> {
     pub method: Method,

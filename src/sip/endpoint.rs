@@ -836,9 +836,10 @@ impl Endpoint {
         );
         let mut peer = self.tx.respond(now, key, status, data.clone())?;
         self.count_response(status);
-        if peer.transport == Transport::Udp {
-            peer.remote = builder::response_target(req, peer.remote);
-        }
+        peer.remote = match peer.transport {
+            Transport::Udp => builder::response_target(req, peer.remote),
+            Transport::Tcp => builder::stream_response_target(req, peer.remote),
+        };
         self.send(peer, data.clone());
         Some(data)
     }
@@ -1627,7 +1628,15 @@ impl Endpoint {
         call.end_reason = Some(reason);
         call.local_cseq += 1;
         let cseq = call.local_cseq;
-        let peer = call.peer;
+        let mut peer = call.peer;
+        if peer.transport == Transport::Tcp {
+            // Over TCP the INVITE's connection is used while it is open; should it
+            // have closed, connect to the remote target (the Contact), which names
+            // the caller's listening port, not the ephemeral source port.
+            if let Some(addr) = literal_addr(&call.remote_target) {
+                peer.remote = addr;
+            }
+        }
         let from = format!("{};tag={}", call.local_uri, call.local_tag);
         let to = call.remote.clone();
         let ruri = call.remote_target.clone();
@@ -1852,6 +1861,14 @@ fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
         trunk_id: call.routed.trunk_id.clone(),
         rule_id: call.routed.dispatch.rule_id.clone(),
     })
+}
+
+/// The socket address of a SIP URI whose host is an IP literal (no DNS here).
+fn literal_addr(uri: &str) -> Option<SocketAddr> {
+    let u = SipUri::parse(uri)?;
+    let host = u.host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
 }
 
 /// Extracts the tag of a stored From value.

@@ -481,3 +481,22 @@ fn three_wrong_pins_end_the_call() {
     );
     assert_eq!(media_starts(&net).len(), 1, "never joined the room");
 }
+
+#[test]
+fn stream_fallback_addresses() {
+    assert_eq!(
+        literal_addr("sip:alice@192.0.2.7:5070;transport=tcp"),
+        Some("192.0.2.7:5070".parse().unwrap())
+    );
+    assert_eq!(
+        literal_addr("sip:[2001:db8::1]"),
+        Some("[2001:db8::1]:5060".parse().unwrap())
+    );
+    assert_eq!(literal_addr("sip:alice@pbx.example.com"), None);
+    // A TCP response whose connection closed reconnects to the Via port.
+    let req = SipMessage::parse(Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n")).unwrap();
+    assert_eq!(
+        builder::stream_response_target(&req, "192.0.2.9:40000".parse().unwrap()),
+        "192.0.2.9:5070".parse::<SocketAddr>().unwrap()
+    );
+}
