@@ -379,7 +379,11 @@ fn calls_complete_over_a_lossy_link() {
     let run = s.run(
         &Sipp::new(Scenario::file("uac_call.xml"))
             .calls(20, 10, 20)
-            .pause_ms(500)
+            // Not 500 ms: with a lost ACK our 2xx retransmission (T1 = 500 ms
+            // after the 200, RFC 3261 s13.3.1.4) would race sipp's BYE, and a
+            // retransmitted 200 arriving after BYE derails sipp's scenario (not
+            // the call). 1 s sits between the retransmissions at 0.5 and 1.5 s.
+            .pause_ms(1000)
             .timeout(Duration::from_secs(60))
             .arg("-lost")
             .arg("10"),

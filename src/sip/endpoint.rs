@@ -327,6 +327,8 @@ struct Call {
     answer_at: Option<Instant>,
     end_reason: Option<EndReason>,
     bye_key: Option<TxKey>,
+    /// RTP ports tried after the first could not be bound.
+    port_retries: u8,
     /// PIN still to be entered (direct rule with `pin`): the caller waits in a
     /// room of its own until the digits match.
     pin: Option<PinWait>,
@@ -338,6 +340,9 @@ struct PinWait {
     entered: String,
     attempts: u8,
 }
+
+/// Other RTP ports tried when the one picked is held by another process.
+const MAX_PORT_RETRIES: u8 = 8;
 
 /// Wrong PINs a caller may enter before we hang up (livekit-sip also gives up
 /// after a few tries).
@@ -1218,6 +1223,7 @@ impl Endpoint {
             answer_at: Some(now + self.s.answer_delay),
             end_reason: None,
             bye_key: None,
+            port_retries: 0,
             pin: routed_for_pin.map(|expected| PinWait {
                 expected,
                 entered: String::new(),
@@ -1242,14 +1248,7 @@ impl Endpoint {
         self.calls.insert(ck.clone(), call);
         self.out.push_back(Output::MediaOpen {
             call: ck.clone(),
-            local: SocketAddr::new(
-                if msg.peer.local.ip().is_unspecified() {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                } else {
-                    msg.peer.local.ip()
-                },
-                port,
-            ),
+            local: SocketAddr::new(rtp_bind_ip(&msg.peer), port),
         });
         // s8.2.6.1 / s17.2.1: 100 Trying at once, then 180 Ringing with our tag.
         self.respond(now, &key, &sip, 100, "Trying", "", None, None);
@@ -1265,12 +1264,11 @@ impl Endpoint {
             Some(&local_tag),
             None,
         );
+        // Answer from the timer, even with no delay: the driver binds the RTP
+        // port (MediaOpen) first, and a port some other process holds is
+        // replaced before the SDP answer goes out (`handle_media_failed`).
         if let Some(at) = answer_at {
-            if at <= now {
-                self.answer(now, &ck);
-            } else {
-                self.arm_call(at, &ck, CallTimer::Answer);
-            }
+            self.arm_call(at, &ck, CallTimer::Answer);
         }
     }
 
@@ -1816,6 +1814,50 @@ impl Endpoint {
         };
         warn!(call_id = %call, room = %c.routed.dispatch.room, "RTP port could not be bound");
         match c.state {
+            CallState::Ringing
+                if c.port_retries < MAX_PORT_RETRIES && !self.rtp_ports.is_empty() =>
+            {
+                // Not answered yet: take another port of the slice and redo the
+                // SDP answer with it. The failed port goes to the back of the pool
+                // (whoever holds it may let go).
+                let Some(port) = self.rtp_ports.pop_front() else {
+                    return;
+                };
+                let Some(c) = self.calls.get_mut(call) else {
+                    return;
+                };
+                self.rtp_ports.push_back(c.rtp.port());
+                c.port_retries += 1;
+                c.rtp = SocketAddr::new(c.rtp.ip(), port);
+                if c.negotiated.is_some() {
+                    let prefs = self
+                        .cfg
+                        .trunks
+                        .get(c.routed.trunk_index)
+                        .map(|t| t.codec_prefs())
+                        .unwrap_or_default();
+                    let (session_id, version) = c.sdp_session;
+                    let params = sdp::AnswerParams {
+                        local_ip: c.rtp.ip(),
+                        rtp_port: port,
+                        session_id,
+                        session_version: version,
+                        prefs: &prefs,
+                        user_agent: &self.s.user_agent,
+                    };
+                    // The offer parsed and matched once already; it still does.
+                    if let Ok(n) = sdp::parse_offer(c.invite.body())
+                        .map_err(|_| ())
+                        .and_then(|o| sdp::answer(&o, &params).map_err(|_| ()))
+                    {
+                        c.negotiated = Some(n);
+                    }
+                }
+                self.out.push_back(Output::MediaOpen {
+                    call: call.clone(),
+                    local: SocketAddr::new(rtp_bind_ip(&c.peer), port),
+                });
+            }
             CallState::Ringing => {
                 let (k, inv, tag) = (c.invite_key.clone(), c.invite.clone(), c.local_tag.clone());
                 self.respond(
@@ -1861,6 +1903,16 @@ fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
         trunk_id: call.routed.trunk_id.clone(),
         rule_id: call.routed.dispatch.rule_id.clone(),
     })
+}
+
+/// The address to bind a call's RTP socket on: the address its SIP arrived on,
+/// or every address when the SIP socket is bound to the wildcard.
+fn rtp_bind_ip(peer: &Peer) -> IpAddr {
+    if peer.local.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        peer.local.ip()
+    }
 }
 
 /// The socket address of a SIP URI whose host is an IP literal (no DNS here).

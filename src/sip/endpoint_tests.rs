@@ -55,6 +55,23 @@ impl Net {
     }
 
     fn drain(&mut self) {
+        // Timers due now fire too (the answer runs from a timer at `now`).
+        for _ in 0..100 {
+            self.drain_outputs();
+            let due = self
+                .eps
+                .iter_mut()
+                .any(|e| matches!(e.poll_output(self.now), Output::Idle(Some(t)) if t <= self.now));
+            if !due {
+                break;
+            }
+            for e in &mut self.eps {
+                e.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn drain_outputs(&mut self) {
         loop {
             let mut progressed = false;
             for s in 0..self.eps.len() {
@@ -499,4 +516,48 @@ fn stream_fallback_addresses() {
         builder::stream_response_target(&req, "192.0.2.9:40000".parse().unwrap()),
         "192.0.2.9:5070".parse::<SocketAddr>().unwrap()
     );
+}
+
+#[test]
+fn a_port_held_elsewhere_is_replaced_before_the_answer() {
+    let mut net = Net::new(Config::dev(), 1);
+    let msg = Inbound::new(
+        Net::peer(Transport::Udp),
+        Bytes::from(invite("call-port", "z9hG4bK-pp1", "+15550100", SDP, "")),
+        net.now,
+    );
+    net.eps[0].handle_inbound(net.now, msg);
+    let mut opens = vec![];
+    let mut sent = vec![];
+    // Two rounds: the inbound's outputs, then the answer timer's.
+    for round in 0..2 {
+        if round == 1 {
+            net.eps[0].handle_timeout(net.now);
+        }
+        loop {
+            match net.eps[0].poll_output(net.now) {
+                Output::Idle(_) => break,
+                Output::MediaOpen { call, local } => {
+                    opens.push(local.port());
+                    if opens.len() == 1 {
+                        // The driver could not bind it (another process holds it).
+                        net.eps[0].handle_media_failed(net.now, &call);
+                    }
+                }
+                Output::Transmit(t) => sent.push(String::from_utf8_lossy(&t.data).into_owned()),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(opens.len(), 2, "a second port was opened: {opens:?}");
+    assert_ne!(opens[0], opens[1]);
+    let ok = sent
+        .iter()
+        .find(|t| t.starts_with("SIP/2.0 200"))
+        .expect("answered after all");
+    assert!(
+        ok.contains(&format!("m=audio {} RTP/AVP", opens[1])),
+        "the answer names the port that was bound: {ok}"
+    );
+    assert_eq!(net.eps[0].active_calls(), 1);
 }

@@ -1,0 +1,23 @@
+//! The LiveKit-compatible side of a room: what unmodified LiveKit SDKs (Python
+//! `livekit`, `livekit-client` in a browser, voice agents) speak to.
+//!
+//! Where it sits in the data flow (issue 5, see `docs/livekit.md` for the plan):
+//!
+//! ```text
+//! SDK --HTTP GET /rtc[/v1][/validate] + token--> any shard's :7880 listener
+//!     token::KeyStore::verify (this module, sans-IO) -> 401 with LiveKit's words, or
+//!     Claims::authorize_join -> the room -> owner shard (hash(room) % shards)
+//! owner shard: signal session (protobuf SignalRequest/SignalResponse over WebSocket)
+//!     -> str0m Rtc per participant on the shard's WebRTC UDP port
+//!     -> media::Room (ParticipantKind::WebRtc beside ParticipantKind::Sip)
+//! ```
+//!
+//! What it owns today: access tokens ([`token`]): HS256 JWT verification against
+//! the configured API keys, LiveKit's claim names and grant defaults, and the
+//! refusal messages the SDKs show. The signal session, the WebRTC participants
+//! and the SIP participant's identity/attributes come next (see the plan).
+//!
+//! Like the rest of the protocol cores it never reads the clock or touches a
+//! socket: the time of a check is an argument (`now_unix`).
+
+pub mod token;
