@@ -212,20 +212,9 @@ impl ShardMedia {
     pub fn close(&mut self, now: Instant, call: &CallKey) -> MediaFigures {
         // Packets that arrived before the hangup but were not read yet belong in
         // the call record (the BYE can overtake the media tick).
-        if let Some(port) = self.ports.get_mut(call) {
-            let wall_now = SystemTime::now();
-            for rtcp in [false, true] {
-                read_socket(
-                    &mut self.engine,
-                    port,
-                    rtcp,
-                    &mut self.bufs,
-                    &mut self.received,
-                    now,
-                    wall_now,
-                );
-            }
-        }
+        let wall_now = SystemTime::now();
+        self.read_port(call, false, now, wall_now);
+        self.read_port(call, true, now, wall_now);
         let Some(port) = self.ports.remove(call) else {
             return MediaFigures::default();
         };
@@ -268,18 +257,41 @@ impl ShardMedia {
             let Some((call, rtcp)) = self.tokens.get(&token).cloned() else {
                 continue;
             };
-            let Some(port) = self.ports.get_mut(&call) else {
-                continue;
-            };
-            read_socket(
-                &mut self.engine,
-                port,
-                rtcp,
-                &mut self.bufs,
-                &mut self.received,
-                now,
-                wall_now,
-            );
+            self.read_port(&call, rtcp, now, wall_now);
+        }
+    }
+
+    /// Read what one of a call's sockets holds (a few batches at most) into the engine.
+    fn read_port(&mut self, call: &CallKey, rtcp: bool, now: Instant, wall_now: SystemTime) {
+        let Some(port) = self.ports.get_mut(call) else {
+            return;
+        };
+        let sock = if rtcp { &mut port.rtcp } else { &mut port.rtp };
+        for _ in 0..4 {
+            let got = sock
+                .recv_batch(&mut self.bufs, &mut self.received)
+                .unwrap_or(0);
+            if got == 0 {
+                break;
+            }
+            for (k, r) in self.received.iter().enumerate() {
+                // Before MediaStart (early media, or a stray sender) nothing is kept.
+                if r.truncated || !port.started {
+                    continue;
+                }
+                let arrival = r.kernel_ts.map_or(now, |ts| ts.to_instant(now, wall_now));
+                self.engine.handle_packet(
+                    now,
+                    &port.key,
+                    r.src,
+                    arrival,
+                    &self.bufs[k][..r.len],
+                    rtcp,
+                );
+            }
+            if got < self.bufs.len() {
+                break;
+            }
         }
     }
 
@@ -334,36 +346,6 @@ impl ShardMedia {
 
     pub fn send_errors(&self) -> u64 {
         self.send_errors
-    }
-}
-
-/// Read what one of a call's sockets holds (a few batches at most) into the engine.
-fn read_socket(
-    engine: &mut MediaEngine,
-    port: &mut Port,
-    rtcp: bool,
-    bufs: &mut [[u8; BUF]],
-    received: &mut Vec<Received>,
-    now: Instant,
-    wall_now: SystemTime,
-) {
-    let sock = if rtcp { &mut port.rtcp } else { &mut port.rtp };
-    for _ in 0..4 {
-        let got = sock.recv_batch(bufs, received).unwrap_or(0);
-        if got == 0 {
-            break;
-        }
-        for (k, r) in received.iter().enumerate() {
-            // Before MediaStart (early media, or a stray sender) nothing is kept.
-            if r.truncated || !port.started {
-                continue;
-            }
-            let arrival = r.kernel_ts.map_or(now, |ts| ts.to_instant(now, wall_now));
-            engine.handle_packet(now, &port.key, r.src, arrival, &bufs[k][..r.len], rtcp);
-        }
-        if got < bufs.len() {
-            break;
-        }
     }
 }
 

@@ -689,7 +689,7 @@ impl Endpoint {
             }
             RequestMatch::AckAbsorbed => return,
             RequestMatch::AckForDialog => {
-                self.on_ack(now, &sip);
+                self.on_ack(&sip);
                 return;
             }
             RequestMatch::Overloaded => {
@@ -805,6 +805,11 @@ impl Endpoint {
         self.send(peer, data);
     }
 
+    /// A response with the standard reason phrase and nothing else.
+    fn reply(&mut self, now: Instant, key: &TxKey, req: &SipMessage, status: u16) {
+        self.respond(now, key, req, status, reason_phrase(status), "", None, None);
+    }
+
     /// Send a response on a server transaction.
     #[allow(clippy::too_many_arguments)]
     fn respond(
@@ -880,7 +885,7 @@ impl Endpoint {
         }
         if self.calls.contains_key(&CallKey(call_id.clone())) {
             // A second INVITE without To-tag for a live call: a fork or a loop (s8.2.2.2).
-            self.respond(now, &key, &sip, 482, "Loop Detected", "", None, None);
+            self.reply(now, &key, &sip, 482);
             return;
         }
         if self.calls.len() >= MAX_CALLS {
@@ -1070,7 +1075,7 @@ impl Endpoint {
                                 "digest authentication failed"
                             );
                             self.stats.calls_refused += 1;
-                            self.respond(now, key, sip, 403, "Forbidden", "", None, None);
+                            self.reply(now, key, sip, 403);
                             return false;
                         }
                         NonceCheck::Stale => stale = true,
@@ -1079,7 +1084,7 @@ impl Endpoint {
                 }
                 Err(_) => {
                     self.stats.calls_refused += 1;
-                    self.respond(now, key, sip, 403, "Forbidden", "", None, None);
+                    self.reply(now, key, sip, 403);
                     return false;
                 }
             }
@@ -1251,7 +1256,7 @@ impl Endpoint {
             local: SocketAddr::new(rtp_bind_ip(&msg.peer), port),
         });
         // s8.2.6.1 / s17.2.1: 100 Trying at once, then 180 Ringing with our tag.
-        self.respond(now, &key, &sip, 100, "Trying", "", None, None);
+        self.reply(now, &key, &sip, 100);
         let contact = self.contact(&msg.peer);
         let extra = format!("Contact: {contact}\r\nAllow: {ALLOW}\r\n");
         self.respond(
@@ -1419,7 +1424,7 @@ impl Endpoint {
         (to_tag == call.local_tag && from_tag == remote_tag.as_deref()).then_some(ck)
     }
 
-    fn on_ack(&mut self, now: Instant, sip: &SipMessage) {
+    fn on_ack(&mut self, sip: &SipMessage) {
         let Some(ck) = self.find_dialog(sip) else {
             debug!(
                 call_id = sip.call_id().unwrap_or(""),
@@ -1454,24 +1459,14 @@ impl Endpoint {
             }
             debug!(call_id = %ck, room = %call.routed.dispatch.room, "call confirmed");
         }
-        let _ = now;
     }
 
     fn on_bye(&mut self, now: Instant, key: TxKey, sip: &SipMessage) {
         let Some(ck) = self.find_dialog(sip) else {
-            self.respond(
-                now,
-                &key,
-                sip,
-                481,
-                "Call/Transaction Does Not Exist",
-                "",
-                None,
-                None,
-            );
+            self.reply(now, &key, sip, 481);
             return;
         };
-        self.respond(now, &key, sip, 200, "OK", "", None, None);
+        self.reply(now, &key, sip, 200);
         // A BYE before the 200 was acknowledged also ends the INVITE's 2xx retransmission.
         self.finish_call(now, &ck, EndReason::CallerHangup);
     }
@@ -1484,19 +1479,10 @@ impl Endpoint {
             .as_ref()
             .is_some_and(|k| self.tx.request(k).is_some());
         if !matched {
-            self.respond(
-                now,
-                &key,
-                sip,
-                481,
-                "Call/Transaction Does Not Exist",
-                "",
-                None,
-                None,
-            );
+            self.reply(now, &key, sip, 481);
             return;
         }
-        self.respond(now, &key, sip, 200, "OK", "", None, None);
+        self.reply(now, &key, sip, 200);
         let Some(invite_key) = invite_key else { return };
         if self.tx.final_status(&invite_key).is_some() {
             return; // already answered: CANCEL has no effect (s9.2)
@@ -1525,16 +1511,7 @@ impl Endpoint {
 
     fn on_reinvite(&mut self, now: Instant, key: TxKey, sip: &SipMessage) {
         let Some(ck) = self.find_dialog(sip) else {
-            self.respond(
-                now,
-                &key,
-                sip,
-                481,
-                "Call/Transaction Does Not Exist",
-                "",
-                None,
-                None,
-            );
+            self.reply(now, &key, sip, 481);
             return;
         };
         let Some(call) = self.calls.get(&ck) else {
@@ -1601,7 +1578,7 @@ impl Endpoint {
                     Some(text)
                 }
                 None => {
-                    self.respond(now, &key, sip, 488, "Not Acceptable Here", "", None, None);
+                    self.reply(now, &key, sip, 488);
                     return;
                 }
             }
@@ -1944,8 +1921,13 @@ fn unsupported_require(sip: &SipMessage) -> Option<String> {
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        100 => "Trying",
         200 => "OK",
+        403 => "Forbidden",
         481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
         _ => "",
     }
 }
