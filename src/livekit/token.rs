@@ -112,7 +112,9 @@ pub enum TokenError {
     #[error("no permissions to access the room")]
     NoJoinPermission,
     /// The token is for one room and the client asked for another.
-    #[error("no permissions to access the room: the token is for room {granted:?}, not {requested:?}")]
+    #[error(
+        "no permissions to access the room: the token is for room {granted:?}, not {requested:?}"
+    )]
     WrongRoom { granted: String, requested: String },
     /// Neither `sub` nor `jti` names the participant.
     #[error("identity cannot be empty")]
@@ -415,19 +417,25 @@ pub struct Claims {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VideoGrant {
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub room_create: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub room_list: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub room_record: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub room_admin: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub room_join: bool,
     /// The room this grant is for; empty means any room (for `roomJoin`, the
     /// client then names it).
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub room: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_publish: Option<bool>,
@@ -437,23 +445,29 @@ pub struct VideoGrant {
     pub can_publish_data: Option<bool>,
     /// Track sources (`camera`, `microphone`, `screen_share`,
     /// `screen_share_audio`) this participant may publish; empty means all.
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub can_publish_sources: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_update_own_metadata: Option<bool>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub ingress_admin: bool,
     /// Not visible to the other participants (bots, recorders).
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub hidden: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub recorder: bool,
     /// May register as an agent worker.
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "is_false")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "is_false")]
     pub agent: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_subscribe_metrics: Option<bool>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub destination_room: String,
 }
 
@@ -884,7 +898,10 @@ mod tests {
         assert_eq!(e.to_string(), "invalid token: signature is invalid");
         // And a secret that is a prefix of the right one.
         let t = encode(&join_claims("r"), b"secre");
-        assert_eq!(KeyStore::dev().verify(&t, NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            KeyStore::dev().verify(&t, NOW),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -938,7 +955,9 @@ mod tests {
             Err(TokenError::UnsupportedAlgorithm("none".into()))
         );
         // Signed correctly with HS256 but labelled otherwise: still refused.
-        for alg in ["None", "NONE", "HS384", "HS512", "RS256", "ES256", "hs256", ""] {
+        for alg in [
+            "None", "NONE", "HS384", "HS512", "RS256", "ES256", "hs256", "",
+        ] {
             let header = format!(r#"{{"alg":"{alg}"}}"#);
             let t = forge(&header, &payload, b"secret");
             assert_eq!(
@@ -1011,7 +1030,11 @@ mod tests {
             r#"{"iss":"devkey","video":{"roomJoin":"yes"}}"#,
         ] {
             let t = forge(r#"{"alg":"HS256"}"#, payload, b"secret");
-            assert_eq!(keys.verify(&t, NOW), m(Malformed::Json(Part::Payload)), "{payload}");
+            assert_eq!(
+                keys.verify(&t, NOW),
+                m(Malformed::Json(Part::Payload)),
+                "{payload}"
+            );
         }
         let long = "a".repeat(MAX_TOKEN_LEN + 1);
         assert_eq!(keys.verify(&long, NOW), m(Malformed::TooLong));
@@ -1035,7 +1058,9 @@ mod tests {
         let mut mac = HmacSha256::new_from_slice(b"secret").unwrap();
         mac.update(input.as_bytes());
         let sig = base64::engine::general_purpose::URL_SAFE.encode(mac.finalize().into_bytes());
-        assert!(KeyStore::dev().verify(&format!("{input}.{sig}"), NOW).is_ok());
+        assert!(KeyStore::dev()
+            .verify(&format!("{input}.{sig}"), NOW)
+            .is_ok());
     }
 
     #[test]
@@ -1052,7 +1077,9 @@ mod tests {
                 requested: "call-2".into()
             }
         );
-        assert!(e.to_string().starts_with("no permissions to access the room"));
+        assert!(e
+            .to_string()
+            .starts_with("no permissions to access the room"));
         assert_eq!(e.http_status(), 401);
     }
 
