@@ -9,11 +9,18 @@
 # bounded by MAX_TIME (plus start/stop), under 10 minutes with the defaults.
 #
 # Knobs (environment):
-#   START=100 STEP=100 MAX=2000   calls per step
+#   START=200 STEP=200 MAX=2000   calls per step
 #   DURATION=15                   measurement window per step, seconds
 #   CPS=50                        call setup rate
-#   MAX_TIME=420                  ramp time budget, seconds
+#   MAX_TIME=480                  ramp time budget, seconds
 #   SIP_PORT=5060 METRICS_PORT=6789
+#   RTP_MIN=61000 RTP_MAX=65534   the server's RTP range (2267 calls). Not the
+#                                 usual 20000-29999: on a shared box the test
+#                                 suite probes and hands out 20002..25000 and
+#                                 25060.., and dev servers use 10000..20000, so a
+#                                 bind there can fail mid-ramp ("media-failed");
+#                                 above Linux's ephemeral range (32768..60999)
+#                                 nothing else binds
 #   SERVER_CORE=0 LOADGEN_CORE=1
 #   RT=1                          SCHED_FIFO for the server (prio 10) and the
 #                                 generator's media threads (prio 20), so other
@@ -25,14 +32,16 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-START="${START:-100}"
-STEP="${STEP:-100}"
+START="${START:-200}"
+STEP="${STEP:-200}"
 MAX="${MAX:-2000}"
 DURATION="${DURATION:-15}"
 CPS="${CPS:-50}"
-MAX_TIME="${MAX_TIME:-420}"
+MAX_TIME="${MAX_TIME:-480}"
 SIP_PORT="${SIP_PORT:-5060}"
 METRICS_PORT="${METRICS_PORT:-6789}"
+RTP_MIN="${RTP_MIN:-61000}"
+RTP_MAX="${RTP_MAX:-65534}"
 SERVER_CORE="${SERVER_CORE:-0}"
 LOADGEN_CORE="${LOADGEN_CORE:-1}"
 RT="${RT:-1}"
@@ -92,8 +101,8 @@ bind = "127.0.0.1"
 port = $SIP_PORT
 
 [rtp]
-port_min = 20000
-port_max = 29999
+port_min = $RTP_MIN
+port_max = $RTP_MAX
 media_timeout_secs = 30
 
 [metrics]
@@ -158,10 +167,28 @@ timeout --signal=TERM --kill-after=10 $((MAX_TIME + 120)) "${gen_cmd[@]}" 2>&1 |
 rc=${PIPESTATUS[0]}
 set -e
 
+# The figure: server CPU per step (2% of one core per '#'), loss and verdict.
+if [ -s "$OUT/ramp.csv" ]; then
+    echo
+    awk -F, '
+        NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        {
+            cpu = $col["server_cpu_pct"] + 0
+            bar = ""
+            for (i = 0; i < int(cpu / 2 + 0.5) && i < 50; i++) bar = bar "#"
+            rx = $col["rx_loss_pct"]; tx = $col["tx_loss_pct"]
+            printf "%6d calls |%-50s| %5.1f%%  rx loss %s%%  tx loss %s%%  jitter p99 %s us  %s\n",
+                $col["calls"], bar, cpu, (rx == "" ? "n/a" : rx), (tx == "" ? "n/a" : tx),
+                $col["jitter_p99_us"], $col["verdict"]
+        }
+        END { print "             0%        20%       40%       60%       80%      100%  server CPU, one core" }
+    ' "$OUT/ramp.csv" | tee "$OUT/figure.txt"
+fi
+
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "loadtest: the server died during the run; last log lines:" >&2
     tail -n 20 "$OUT/server.log" >&2
     rc=1
 fi
-echo "loadtest: results in $OUT (command.txt, ramp.txt, ramp.csv, server.log)" >&2
+echo "loadtest: results in $OUT (command.txt, ramp.txt, ramp.csv, figure.txt, server.log)" >&2
 exit "$rc"
