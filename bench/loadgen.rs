@@ -1469,6 +1469,27 @@ mod os {
         }
 
         #[test]
+        fn fifo_is_set_or_refused_cleanly() {
+            // In a thread of its own, so the test runner's threads keep their policy.
+            let r = std::thread::spawn(|| {
+                let r = set_thread_fifo(1);
+                // SAFETY: sched_getscheduler takes no pointers; 0 is this thread.
+                let policy = unsafe { libc::sched_getscheduler(0) };
+                (r.map_err(|e| e.kind()), policy)
+            })
+            .join()
+            .unwrap();
+            match r {
+                (Ok(()), policy) => assert_eq!(policy, libc::SCHED_FIFO),
+                (Err(kind), policy) => {
+                    assert_eq!(kind, io::ErrorKind::PermissionDenied);
+                    assert_eq!(policy, libc::SCHED_OTHER);
+                }
+            }
+            assert!(set_thread_fifo(0).is_err(), "0 is no SCHED_FIFO priority");
+        }
+
+        #[test]
         fn thread_cpu_grows_with_work() {
             let a = thread_cpu_us();
             let mut x = 0u64;
@@ -2437,6 +2458,8 @@ impl Verdict {
 struct Limits {
     loss_pct: f64,
     cpu_pct: f64,
+    /// Optional: fail a step whose received jitter J p99 exceeds this (µs).
+    jitter_p99_us: Option<u64>,
 }
 
 fn verdict(r: &StepResult, lim: Limits) -> Verdict {
@@ -2461,6 +2484,9 @@ fn verdict(r: &StepResult, lim: Limits) -> Verdict {
     }
     if r.bye_failed > 0 {
         f.push(format!("bye:{}", r.bye_failed));
+    }
+    if lim.jitter_p99_us.is_some_and(|j| r.jitter_p99_us > j) {
+        f.push("jitter".into());
     }
     Verdict {
         failures: f,
@@ -3153,6 +3179,7 @@ fn self_test(
         Limits {
             loss_pct: 100.0,
             cpu_pct: 1000.0,
+            jitter_p99_us: None,
         },
     );
     if print {
@@ -3258,6 +3285,7 @@ common options:
   --setup-timeout 32         give up on an unanswered INVITE after (s)
   --wait-ready 10            how long to wait for the server's OPTIONS answer (s)
   --loss-limit 0.1           % loss that fails a step; --cpu-limit 95 server CPU % that stops a ramp
+  --jitter-limit-us 0        also fail a step whose received jitter J p99 exceeds this (0: off)
   --local-ip 127.0.0.1       address for our SIP and RTP sockets
   --rt-priority N            run the media threads SCHED_FIFO N (1..99), so other load on
                              the box does not become our own jitter (self-test too)
@@ -3372,6 +3400,10 @@ fn common(o: &mut Opts) -> Result<Common, LoadError> {
     let limits = Limits {
         loss_pct: o.take("loss-limit", 0.1)?,
         cpu_pct: o.take("cpu-limit", 95.0)?,
+        jitter_p99_us: match o.take::<u64>("jitter-limit-us", 0)? {
+            0 => None,
+            j => Some(j),
+        },
     };
     let wait_ready = o.secs("wait-ready", 10.0)?;
     let csv = o.take_opt("csv");
@@ -3521,8 +3553,12 @@ fn cmd_ramp(mut o: Opts) -> Result<u8, LoadError> {
     println!("stop: {stop_reason}");
     match last_pass {
         Some(p) => {
+            let jitter = c
+                .limits
+                .jitter_p99_us
+                .map_or(String::new(), |j| format!(", jitter p99 <= {j} us"));
             println!(
-                "max calls passing (loss <= {}%, no failures): {p}",
+                "max calls passing (loss <= {}%{jitter}, no failures): {p}",
                 c.limits.loss_pct
             );
             Ok(0)
@@ -3872,6 +3908,7 @@ mod tests {
         let lim = Limits {
             loss_pct: 0.1,
             cpu_pct: 95.0,
+            jitter_p99_us: None,
         };
         let good = StepResult {
             calls: 100,
@@ -3907,6 +3944,19 @@ mod tests {
             ..good.clone()
         };
         assert_eq!(verdict(&slow, lim).failures, ["rx-rate"]);
+        let jittery = StepResult {
+            jitter_p99_us: 12_000,
+            ..good.clone()
+        };
+        assert!(
+            verdict(&jittery, lim).pass(),
+            "jitter is no criterion by default"
+        );
+        let strict = Limits {
+            jitter_p99_us: Some(10_000),
+            ..lim
+        };
+        assert_eq!(verdict(&jittery, strict).failures, ["jitter"]);
         let refused = StepResult {
             established: 98,
             failures: BTreeMap::from([("503".into(), 2)]),

@@ -12,6 +12,8 @@
 #   START=200 STEP=200 MAX=2000   calls per step
 #   DURATION=15                   measurement window per step, seconds
 #   CPS=50                        call setup rate
+#   JITTER_LIMIT_US=0             also fail a step whose jitter J p99 exceeds it
+#                                 (0: loss and failures only, as in the issue)
 #   MAX_TIME=480                  ramp time budget, seconds
 #   SIP_PORT=5060 METRICS_PORT=6789
 #   RTP_MIN=61000 RTP_MAX=65534   the server's RTP range (2267 calls). Not the
@@ -37,6 +39,7 @@ STEP="${STEP:-200}"
 MAX="${MAX:-2000}"
 DURATION="${DURATION:-15}"
 CPS="${CPS:-50}"
+JITTER_LIMIT_US="${JITTER_LIMIT_US:-0}"
 MAX_TIME="${MAX_TIME:-480}"
 SIP_PORT="${SIP_PORT:-5060}"
 METRICS_PORT="${METRICS_PORT:-6789}"
@@ -153,6 +156,7 @@ gen_cmd=(taskset -c "$LOADGEN_CORE" "$LOADGEN" ramp
     --server "127.0.0.1:$SIP_PORT" --metrics "127.0.0.1:$METRICS_PORT"
     --server-pid "$SERVER_PID" --start "$START" --step "$STEP" --max "$MAX"
     --duration "$DURATION" --cps "$CPS" --max-time "$MAX_TIME" --wait-ready 15
+    --jitter-limit-us "$JITTER_LIMIT_US"
     --csv "$OUT/ramp.csv")
 [ "$RT" = 1 ] && gen_cmd+=(--rt-priority 20)
 {
