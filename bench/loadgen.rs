@@ -2473,7 +2473,7 @@ fn verdict(r: &StepResult, lim: Limits) -> Verdict {
     if r.rx_loss_pct().is_some_and(|l| l > lim.loss_pct) {
         f.push("rx-loss".into());
     }
-    if r.shortfall_pct().map_or(true, |s| s > RATE_TOLERANCE_PCT) {
+    if r.shortfall_pct().is_none_or(|s| s > RATE_TOLERANCE_PCT) {
         f.push("rx-rate".into());
     }
     if r.silent_calls > 0 {
@@ -2606,7 +2606,7 @@ fn run_step(env: &Env, spec: &StepSpec) -> Result<StepResult, LoadError> {
     let mut nominal = 0.0;
     for (i, c) in calls.iter().enumerate() {
         let up_through_window = c.answered_at.is_some_and(|t| t <= w0.rx.at)
-            && c.server_hangup_at.map_or(true, |t| t > w1.rx.at);
+            && c.server_hangup_at.is_none_or(|t| t > w1.rx.at);
         if !up_through_window {
             continue;
         }
