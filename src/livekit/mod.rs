@@ -12,12 +12,19 @@
 //!     -> media::Room (ParticipantKind::WebRtc beside ParticipantKind::Sip)
 //! ```
 //!
-//! What it owns today: access tokens ([`token`]): HS256 JWT verification against
-//! the configured API keys, LiveKit's claim names and grant defaults, and the
-//! refusal messages the SDKs show. The signal session, the WebRTC participants
-//! and the SIP participant's identity/attributes come next (see the plan).
+//! What it owns today:
+//! - [`token`]: access tokens, HS256 JWT verification against the configured
+//!   API keys, LiveKit's claim names and grant defaults, the refusal messages
+//!   the SDKs show;
+//! - [`connect`]: the HTTP side of a connection attempt (`/rtc`, `/rtc/v1` and
+//!   their `validate` endpoints): query options, where the token comes from,
+//!   admission, the validate answer.
+//!
+//! The signal session, the WebRTC participants and the SIP participant's
+//! identity and attributes come next (see the plan).
 //!
 //! Like the rest of the protocol cores it never reads the clock or touches a
 //! socket: the time of a check is an argument (`now_unix`).
 
+pub mod connect;
 pub mod token;
