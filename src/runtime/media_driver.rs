@@ -122,6 +122,15 @@ impl ShardMedia {
         self.ports.len()
     }
 
+    /// How long the media task may sleep: until the engine's next deadline, at
+    /// most `tick` (sockets are read every tick).
+    pub fn next_wake(&self, now: Instant, tick: Duration) -> Duration {
+        match self.deadline {
+            Some(d) => d.saturating_duration_since(now).min(tick),
+            None => tick,
+        }
+    }
+
     pub fn has_work(&self) -> bool {
         !self.ports.is_empty() || self.engine.calls() > 0
     }

@@ -292,7 +292,10 @@ async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
     loop {
         let busy = shard.media.borrow().has_work();
         if busy {
-            glommio::timer::sleep(TICK).await;
+            // Wake for the engine's next deadline (a room's 20 ms mix) when it
+            // comes before the next read tick, so mixes go out on time.
+            let wait = shard.media.borrow().next_wake(Instant::now(), TICK);
+            glommio::timer::sleep(wait).await;
         } else if kick.recv().await.is_none() {
             return;
         }
