@@ -18,13 +18,17 @@
 //!   the SDKs show;
 //! - [`connect`]: the HTTP side of a connection attempt (`/rtc`, `/rtc/v1` and
 //!   their `validate` endpoints): query options, where the token comes from,
-//!   admission, the validate answer.
+//!   admission, the validate answer;
+//! - [`sip_participant`]: how a phone caller appears in a room (identity,
+//!   name, kind SIP, `sip.*` attributes, call status) and DTMF codes;
+//! - [`ids`]: LiveKit-style ids (`RM_`, `PA_`, `TR_`, `SCL_`).
 //!
-//! The signal session, the WebRTC participants and the SIP participant's
-//! identity and attributes come next (see the plan).
+//! The signal session and the WebRTC participants come next (see the plan).
 //!
 //! Like the rest of the protocol cores it never reads the clock or touches a
 //! socket: the time of a check is an argument (`now_unix`).
 
 pub mod connect;
+pub mod ids;
+pub mod sip_participant;
 pub mod token;
