@@ -721,6 +721,14 @@ mod tests {
     const PYTHON_NBF: i64 = 1_795_603_960;
     const PYTHON_EXP: i64 = 1_795_625_560;
 
+    /// Made by the JS server SDK (`livekit-server-sdk` 2.19.2, `AccessToken(
+    /// "devkey", "secret", { identity: "browser-1", name, ttl: "10m", metadata,
+    /// attributes })` + `addGrant({ roomJoin, room: "call-5550199", canPublish,
+    /// canSubscribe, canPublishData, canUpdateOwnMetadata })`): header without
+    /// `typ`, claims in another order than the Python SDK's.
+    const JS_SDK_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJtZXRhZGF0YSI6Im0iLCJhdHRyaWJ1dGVzIjp7ImEiOiJiIn0sIm5hbWUiOiJCcm93c2VyIE9uZSIsInZpZGVvIjp7InJvb21Kb2luIjp0cnVlLCJyb29tIjoiY2FsbC01NTUwMTk5IiwiY2FuUHVibGlzaCI6dHJ1ZSwiY2FuU3Vic2NyaWJlIjp0cnVlLCJjYW5QdWJsaXNoRGF0YSI6dHJ1ZSwiY2FuVXBkYXRlT3duTWV0YWRhdGEiOnRydWV9LCJpc3MiOiJkZXZrZXkiLCJleHAiOjE3OTU2MDUzMjEsIm5iZiI6MTc5NTYwNDcyMSwic3ViIjoiYnJvd3Nlci0xIn0.tovGJArE1QfxKJv2NzLjrYSJBs8IxMi0Gsq49_fFZBg";
+    const JS_NBF: i64 = 1_795_604_721;
+
     /// Built by hand with Python's hmac/hashlib/base64/json: header without
     /// `typ`, identity only in `jti`, a fractional `exp`, an `iat`, a null
     /// `metadata`, kind agent, canPublish false; key `APIabc`.
@@ -820,6 +828,25 @@ mod tests {
         assert!(!grant.permission.can_publish_data);
         assert!(!grant.permission.hidden);
         assert!(!grant.permission.can_update_metadata);
+    }
+
+    #[test]
+    fn js_server_sdk_token_verifies() {
+        let c = KeyStore::dev().verify(JS_SDK_TOKEN, JS_NBF + 30).unwrap();
+        assert_eq!(c.identity, "browser-1");
+        assert_eq!(c.name, "Browser One");
+        assert_eq!(c.metadata, "m");
+        assert_eq!(c.attributes["a"], "b");
+        assert_eq!(c.kind, TokenKind::Standard);
+        assert_eq!(c.expires_at, Some(JS_NBF + 600));
+        let g = c.authorize_join(None).unwrap();
+        assert_eq!(g.room, "call-5550199");
+        assert!(g.permission.can_publish && g.permission.can_subscribe);
+        assert!(g.permission.can_publish_data && g.permission.can_update_metadata);
+        assert!(matches!(
+            KeyStore::dev().verify(JS_SDK_TOKEN, JS_NBF + 600 + LEEWAY_SECS + 1),
+            Err(TokenError::Expired { .. })
+        ));
     }
 
     #[test]
