@@ -519,6 +519,29 @@ mod tests {
         assert_eq!(r.token.as_deref(), Some("a.b.c"));
     }
 
+    /// The `join_request=` value the Python SDK 1.2.1 sent (captured on
+    /// loopback): percent-encoded, padded base64url of a `WrappedJoinRequest`
+    /// with `compression = GZIP` (field 1 = 1), whose field 2 holds gzip.
+    #[test]
+    fn python_sdk_join_request_decodes_to_a_gzip_wrapped_request() {
+        let value = include_str!("testdata/python-sdk-1.2.1-join-request.txt").trim();
+        let r = ConnectRequest::parse(
+            &format!("/rtc/v1?join_request={value}"),
+            Some("Bearer a.b.c"),
+        )
+        .unwrap();
+        assert_eq!(r.endpoint, Endpoint::Signal(Generation::V1));
+        let b64 = r.join_request.unwrap();
+        assert!(b64.ends_with("=="), "padding arrives percent-encoded");
+        let raw = base64::engine::general_purpose::URL_SAFE
+            .decode(&b64)
+            .unwrap();
+        // Protobuf: tag 1 varint = 1 (GZIP), tag 2 length-delimited.
+        assert_eq!(&raw[..3], &[0x08, 0x01, 0x12]);
+        let gzip_at = raw.windows(2).position(|w| w == [0x1f, 0x8b]).unwrap();
+        assert!(gzip_at < 8, "gzip member right after the length");
+    }
+
     #[test]
     fn bearer_header_wins_and_must_be_bearer() {
         let r = ConnectRequest::parse(
