@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod livekit;
 pub mod media;
 pub mod metrics;
 pub mod routing;
