@@ -128,6 +128,19 @@ fn main() -> ExitCode {
     if let Some(p) = args.metrics_port {
         config.metrics.port = p;
     }
+    // Contact and SDP need an address trunks can reach: with a wildcard bind and
+    // no external_ip, the host's first non-loopback IPv4 (docs/configuration.md).
+    if config.sip.external_ip.is_none() && config.sip.bind.is_unspecified() {
+        match switchboard::runtime::system::host_ipv4() {
+            Some(ip) => {
+                tracing::info!(%ip, "advertising this address in Contact and SDP (set sip.external_ip to change it)");
+                config.sip.external_ip = Some(ip.into());
+            }
+            None => tracing::warn!(
+                "no non-loopback IPv4 address found: Contact and SDP will say 127.0.0.1; set sip.external_ip"
+            ),
+        }
+    }
     if args.check {
         println!("configuration OK");
         return ExitCode::SUCCESS;

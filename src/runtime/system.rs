@@ -287,3 +287,53 @@ mod tests {
         }
     }
 }
+
+/// The host's first non-loopback IPv4 address that is up, for Contact and SDP
+/// when `sip.bind` is the wildcard and `sip.external_ip` is not set. A local
+/// query (getifaddrs(3)); nothing is sent.
+pub fn host_ipv4() -> Option<std::net::Ipv4Addr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head` on success (returns 0);
+    // the list is freed below with freeifaddrs and not used after.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, alive until
+        // freeifaddrs; `ifa_addr` may be null, which is checked.
+        let ifa = unsafe { &*cur };
+        let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
+        let loopback = ifa.ifa_flags & (libc::IFF_LOOPBACK as libc::c_uint) != 0;
+        if up && !loopback && !ifa.ifa_addr.is_null() {
+            // SAFETY: non-null, and sa_family says which sockaddr it is; an
+            // AF_INET address is a sockaddr_in.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: as above: AF_INET means the storage is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !ip.is_unspecified() {
+                    found = Some(ip);
+                    break;
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+#[cfg(test)]
+mod host_ip_tests {
+    #[test]
+    fn host_ipv4_is_a_usable_address_when_found() {
+        // This VM has a non-loopback interface; a box without one gets None.
+        if let Some(ip) = super::host_ipv4() {
+            assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+        }
+    }
+}
