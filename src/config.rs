@@ -30,7 +30,9 @@ use toml::Spanned;
 
 use crate::routing::dispatch::MAX_PIN_LEN;
 use crate::routing::trunk::normalize_number;
-use crate::routing::{AddressRange, AddressRangeError, DispatchRule, RuleKind, Trunk, TrunkAuth};
+use crate::routing::{
+    AddressRange, AddressRangeError, AuthChallenge, DispatchRule, RuleKind, Trunk, TrunkAuth,
+};
 use crate::sdp::{Codec, CodecPrefs};
 
 /// The configuration `switchboard --dev` runs with: SIP on 127.0.0.1:5060 (UDP
@@ -225,6 +227,10 @@ pub enum Problem {
         present: &'static str,
         missing: &'static str,
     },
+    #[error("{0} is not a digest challenge status (expected 401 or 407)")]
+    ChallengeStatus(i64),
+    #[error("applies only to a trunk with auth_username and auth_password")]
+    ChallengeWithoutAuth,
     #[error("unknown codec \"{0}\" (supported: PCMU, PCMA)")]
     UnknownCodec(String),
     #[error("unknown rule type \"{0}\" (expected direct, individual or callee)")]
@@ -377,6 +383,7 @@ struct RawTrunk {
     allowed_numbers: List,
     auth_username: Field<String>,
     auth_password: Field<String>,
+    auth_challenge: Field<i64>,
     codecs: List,
     metadata: Field<String>,
     attributes: Field<BTreeMap<String, String>>,
@@ -890,12 +897,30 @@ impl Resolver<'_, '_> {
                             return Err(self.src.error(f.span(), key(k), Problem::Empty));
                         }
                     }
+                    let challenge = match &t.auth_challenge {
+                        None => AuthChallenge::default(),
+                        Some(c) => AuthChallenge::from_status(*c.get_ref()).ok_or_else(|| {
+                            self.src.error(
+                                c.span(),
+                                key("auth_challenge"),
+                                Problem::ChallengeStatus(*c.get_ref()),
+                            )
+                        })?,
+                    };
                     Some(TrunkAuth {
                         username: u.get_ref().clone(),
                         password: p.get_ref().clone(),
+                        challenge,
                     })
                 }
             };
+            if let (None, Some(c)) = (&auth, &t.auth_challenge) {
+                return Err(self.src.error(
+                    c.span(),
+                    key("auth_challenge"),
+                    Problem::ChallengeWithoutAuth,
+                ));
+            }
             let mut codecs = Vec::new();
             if let Some(list) = &t.codecs {
                 for (j, c) in list.get_ref().iter().enumerate() {
@@ -1201,6 +1226,10 @@ mod tests {
         );
         assert!(t.allowed_numbers.is_empty());
         assert_eq!(t.auth(), Some(("user", "pass")));
+        assert_eq!(
+            t.auth.as_ref().map(|a| a.challenge),
+            Some(AuthChallenge::Proxy)
+        );
         assert_eq!(t.codec_prefs().as_slice(), [Codec::Pcma, Codec::Pcmu]);
         assert_eq!(t.metadata, "carrier trunk");
         assert_eq!(

@@ -235,31 +235,63 @@ fn forty_calls_one_udp_port_each() {
     many_calls("many_udp_per_call", SippTransport::UdpPerCall);
 }
 
+/// `uac_auth.xml` expecting a 401 with `WWW-Authenticate`.
+fn uac_auth_401() -> Scenario {
+    Scenario::template(
+        "uac_auth.xml",
+        &[("CODE", "401"), ("CHALLENGE", "WWW-Authenticate")],
+    )
+}
+
 #[test]
 fn digest_challenge_then_authenticated_call() {
-    digest_call("digest_auth", SippTransport::Udp);
+    digest_call("digest_auth", SippTransport::Udp, 401);
 }
 
 #[test]
 fn digest_challenge_then_authenticated_call_over_tcp() {
-    digest_call("digest_auth_tcp", SippTransport::Tcp);
+    digest_call("digest_auth_tcp", SippTransport::Tcp, 401);
 }
 
-fn digest_call(test: &str, transport: SippTransport) {
-    let Some(s) = setup(test, &config("", TRUNKS), 100) else {
+/// A trunk with `auth_challenge = 407` challenges as a proxy does (RFC 3261
+/// s22.3); sipp answers with Proxy-Authorization.
+#[test]
+fn proxy_digest_challenge_then_authenticated_call() {
+    digest_call("digest_auth_407", SippTransport::Udp, 407);
+}
+
+fn digest_call(test: &str, transport: SippTransport, code: u16) {
+    let trunks = if code == 407 {
+        TRUNKS.replace(
+            "auth_password = \"s3cret\"\n",
+            "auth_password = \"s3cret\"\nauth_challenge = 407\n",
+        )
+    } else {
+        TRUNKS.to_string()
+    };
+    assert_ne!(trunks.contains("auth_challenge"), code == 401);
+    let Some(s) = setup(test, &config("", &trunks), 100) else {
         return;
     };
+    let header = if code == 407 {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
     let run = s.run(
-        &Sipp::new(Scenario::file("uac_auth.xml"))
-            .transport(transport)
-            .called("+15550200")
-            .pause_ms(500)
-            .arg("-auth_uri")
-            .arg(&auth_uri(&s))
-            .arg("-au")
-            .arg("alice")
-            .arg("-ap")
-            .arg("s3cret"),
+        &Sipp::new(Scenario::template(
+            "uac_auth.xml",
+            &[("CODE", &code.to_string()), ("CHALLENGE", header)],
+        ))
+        .transport(transport)
+        .called("+15550200")
+        .pause_ms(500)
+        .arg("-auth_uri")
+        .arg(&auth_uri(&s))
+        .arg("-au")
+        .arg("alice")
+        .arg("-ap")
+        .arg("s3cret"),
         "uac_auth",
     );
     run.assert_all_succeeded(&s.server, 1);
@@ -274,7 +306,7 @@ fn digest_with_wrong_password_is_refused() {
     // The wrong password must not get a 200: sipp's scenario then fails at its
     // `recv 200` (unexpected 401/403), so we expect exactly one failed call.
     let run = s.run(
-        &Sipp::new(Scenario::file("uac_auth.xml"))
+        &Sipp::new(uac_auth_401())
             .called("+15550200")
             .pause_ms(200)
             .timeout(Duration::from_secs(15))

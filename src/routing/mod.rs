@@ -18,7 +18,9 @@ use std::net::IpAddr;
 pub use dispatch::{
     dispatch, dispatch_with_pin, select_rule, Dispatch, DispatchRule, PinEntry, RuleKind,
 };
-pub use trunk::{match_trunk, numbers_match, AddressRange, AddressRangeError, Trunk, TrunkAuth};
+pub use trunk::{
+    match_trunk, numbers_match, AddressRange, AddressRangeError, AuthChallenge, Trunk, TrunkAuth,
+};
 
 /// What routing needs to know of a new INVITE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -166,6 +166,53 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
 pub struct TrunkAuth {
     pub username: String,
     pub password: String,
+    /// How the challenge is sent: `401`/`WWW-Authenticate` as a user agent
+    /// server does (RFC 3261 s22.2), or `407`/`Proxy-Authenticate` as a proxy
+    /// (s22.3), which is what trunks that register with livekit-sip expect.
+    pub challenge: AuthChallenge,
+}
+
+/// The status and header of a digest challenge (RFC 3261 s22.2 vs s22.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthChallenge {
+    /// `401 Unauthorized` with `WWW-Authenticate`.
+    #[default]
+    Www,
+    /// `407 Proxy Authentication Required` with `Proxy-Authenticate`.
+    Proxy,
+}
+
+impl AuthChallenge {
+    pub fn status(self) -> u16 {
+        match self {
+            AuthChallenge::Www => 401,
+            AuthChallenge::Proxy => 407,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthChallenge::Www => "Unauthorized",
+            AuthChallenge::Proxy => "Proxy Authentication Required",
+        }
+    }
+
+    /// The header that carries the challenge.
+    pub fn header(self) -> &'static str {
+        match self {
+            AuthChallenge::Www => "WWW-Authenticate",
+            AuthChallenge::Proxy => "Proxy-Authenticate",
+        }
+    }
+
+    /// From the config's `auth_challenge` value.
+    pub fn from_status(status: i64) -> Option<AuthChallenge> {
+        match status {
+            401 => Some(AuthChallenge::Www),
+            407 => Some(AuthChallenge::Proxy),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for TrunkAuth {
@@ -173,6 +220,7 @@ impl fmt::Debug for TrunkAuth {
         f.debug_struct("TrunkAuth")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("challenge", &self.challenge)
             .finish()
     }
 }
@@ -617,6 +665,7 @@ mod tests {
         t.auth = Some(TrunkAuth {
             username: "user".into(),
             password: "hunter2".into(),
+            challenge: AuthChallenge::Www,
         });
         assert_eq!(t.auth(), Some(("user", "hunter2")));
         let dbg = format!("{t:?}");

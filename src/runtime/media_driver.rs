@@ -37,6 +37,8 @@ use crate::sip::endpoint::{CallKey, MediaFigures, MediaSpec};
 /// How often the media task wakes while calls exist. The mix runs on its own
 /// 20 ms cadence inside the engine; this only bounds how late a packet is read.
 pub const TICK: Duration = Duration::from_millis(4);
+/// The shortest sleep of the media task between two passes.
+pub const MIN_WAKE: Duration = Duration::from_millis(1);
 /// Datagrams read per socket per tick (a socket with more is read again next tick).
 const BATCH: usize = 16;
 const BUF: usize = 2048;
@@ -124,9 +126,12 @@ impl ShardMedia {
 
     /// How long the media task may sleep: until the engine's next deadline, at
     /// most `tick` (sockets are read every tick).
+    /// Never less than `MIN_WAKE`: with many rooms on unrelated 20 ms phases a
+    /// deadline is always near, and waking for each one costs more CPU than the
+    /// jitter it saves (measured: docs/benchmarks.md).
     pub fn next_wake(&self, now: Instant, tick: Duration) -> Duration {
         match self.deadline {
-            Some(d) => d.saturating_duration_since(now).min(tick),
+            Some(d) => d.saturating_duration_since(now).clamp(MIN_WAKE, tick),
             None => tick,
         }
     }
@@ -373,5 +378,6 @@ pub fn figures(r: &CallMediaReport) -> MediaFigures {
         jitter_p99_us: r.jitter_p99_us,
         jitter_max_us: r.jitter_max_us,
         dtmf_digits: r.dtmf_digits,
+        rtt_ms: r.rtt_ms.map_or(0, u64::from),
     }
 }

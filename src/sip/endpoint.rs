@@ -22,7 +22,7 @@ use super::digest::{self, NonceCheck, NonceSource};
 use super::message::{phone_number, HeaderName, Method, ParseError, SipMessage, SipUri};
 use super::transaction::{RequestMatch, Transactions, TxKey, TxOutput, T1, T2};
 use crate::config::Config;
-use crate::routing::{self, Dispatch, InboundCall, Refusal};
+use crate::routing::{self, Dispatch, InboundCall, Refusal, TrunkAuth};
 use crate::sdp;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -195,6 +195,9 @@ pub struct MediaFigures {
     pub jitter_p99_us: u64,
     pub jitter_max_us: u64,
     pub dtmf_digits: u64,
+    /// Round-trip time from the caller's RTCP receiver reports (RFC 3550 s6.4.1),
+    /// 0 when none came.
+    pub rtt_ms: u64,
 }
 
 impl CallRecord {
@@ -223,6 +226,7 @@ impl CallRecord {
             jitter_p99_us = m.jitter_p99_us,
             jitter_max_us = m.jitter_max_us,
             dtmf_digits = m.dtmf_digits,
+            rtt_ms = m.rtt_ms,
             hangup_by = self.hangup_by,
             reason = self.reason,
             "call record"
@@ -991,8 +995,8 @@ impl Endpoint {
                 return None;
             }
         };
-        if let Some((user, pass)) = trunk.auth() {
-            if !self.check_digest(now, key, sip, user, pass) {
+        if let Some(auth) = &trunk.auth {
+            if !self.check_digest(now, key, sip, auth) {
                 return None;
             }
         }
@@ -1038,15 +1042,18 @@ impl Endpoint {
         self.respond(now, key, sip, r.status(), r.reason(), "", None, None);
     }
 
-    /// RFC 3261 s22.2 / RFC 2617: challenge, or check the credentials.
+    /// RFC 3261 s22.2/s22.3, RFC 2617: challenge, or check the credentials.
+    /// Credentials are taken from either header whichever challenge was sent:
+    /// a trunk configured for 401 that answers with Proxy-Authorization (or the
+    /// reverse) is common enough in the field to be worth not refusing.
     fn check_digest(
         &mut self,
         now: Instant,
         key: &TxKey,
         sip: &SipMessage,
-        user: &str,
-        pass: &str,
+        auth: &TrunkAuth,
     ) -> bool {
+        let (user, pass) = (auth.username.as_str(), auth.password.as_str());
         let realm = self.s.realm.clone();
         let now_unix = self.unix_secs(now);
         let creds_value = sip
@@ -1091,8 +1098,9 @@ impl Endpoint {
         }
         let nonce = self.nonces.issue(now_unix, &realm);
         let chal = digest::challenge(&realm, &nonce, stale);
-        let extra = format!("WWW-Authenticate: {chal}\r\n");
-        self.respond(now, key, sip, 401, "Unauthorized", &extra, None, None);
+        let ch = auth.challenge;
+        let extra = format!("{}: {chal}\r\n", ch.header());
+        self.respond(now, key, sip, ch.status(), ch.reason(), &extra, None, None);
         false
     }
 

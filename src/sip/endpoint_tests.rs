@@ -561,3 +561,58 @@ fn a_port_held_elsewhere_is_replaced_before_the_answer() {
     );
     assert_eq!(net.eps[0].active_calls(), 1);
 }
+
+/// A trunk with digest auth, challenging with `challenge` (401 or 407).
+fn auth_config(challenge: i64) -> Config {
+    let text = format!(
+        "[[trunks]]\nid = \"ST_auth\"\nauth_username = \"alice\"\nauth_password = \"s3cret\"\n\
+         auth_challenge = {challenge}\n\n[[dispatch_rules]]\nid = \"SDR_c\"\ntype = \"callee\"\n\
+         room_prefix = \"call-\"\n"
+    );
+    Config::from_str(&text, "auth.toml").unwrap()
+}
+
+/// RFC 3261 s22.2 (401, WWW-Authenticate) and s22.3 (407, Proxy-Authenticate):
+/// the first INVITE is challenged with the configured status and header, the
+/// retry with credentials computed from that challenge is answered, and a retry
+/// with a wrong password gets 403.
+#[test]
+fn digest_challenge_as_configured_then_call_is_answered() {
+    for (code, chal_header, creds_header) in [
+        (401, "WWW-Authenticate", "Authorization"),
+        (407, "Proxy-Authenticate", "Proxy-Authorization"),
+    ] {
+        for (password, want) in [("s3cret", 200), ("wrong", 403)] {
+            let mut net = Net::new(auth_config(code), 1);
+            let call_id = format!("auth-{code}-{password}");
+            net.recv(&invite(&call_id, "z9hG4bK-d1", "+15550100", SDP, ""));
+            let (status, text) = net.responses().pop().expect("a challenge");
+            assert_eq!(status, code as u16, "{text}");
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{chal_header}: ")))
+                .unwrap_or_else(|| panic!("{chal_header} in {text}"))
+                .to_string();
+            let ch = digest::parse_challenge(&value).unwrap();
+            let creds = digest::authorization(
+                &ch,
+                &digest::ClientRequest {
+                    username: "alice",
+                    password,
+                    method: "INVITE",
+                    uri: "sip:+15550100@127.0.0.1:5060",
+                    cnonce: "0a4f113b",
+                    nc: 1,
+                },
+            )
+            .unwrap();
+            let extra = format!("{creds_header}: {creds}\r\n");
+            net.recv(
+                &invite(&call_id, "z9hG4bK-d2", "+15550100", SDP, &extra)
+                    .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE"),
+            );
+            let last = net.statuses().pop();
+            assert_eq!(last, Some(want), "{code} {password}: {:?}", net.statuses());
+        }
+    }
+}
