@@ -608,6 +608,12 @@ pub struct PeerKey(u32);
 /// Source addresses remembered per peer for the demux fast path.
 const ADDRS_PER_PEER: usize = 4;
 
+/// A DTLS record header (RFC 9147 s4: content type 22, version 1.2): only
+/// classified, never parsed, by `Rtc::accepts`, which then answers whether a
+/// non-STUN datagram from an address would be taken (a nominated or viable
+/// ICE pair), not just whether a STUN USERNAME matches.
+const DTLS_PROBE: [u8; 13] = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
 /// Why a datagram reached no peer.
 #[derive(Debug, thiserror::Error)]
 pub enum DemuxError {
@@ -717,7 +723,12 @@ impl PeerSet {
             .peer
             .handle_datagram(from, to, bytes, now)
             .map_err(|e| DemuxError::Peer(key, e))?;
-        if self.by_addr.get(&from) != Some(&key) {
+        // Remember the address only once str0m's ICE agent has a working
+        // pair from it (the check passed MESSAGE-INTEGRITY, RFC 8489 s14.5):
+        // checks forged with a known ufrag cannot push the client's real
+        // address out of the bounded list.
+        let verified = entry.peer.accepts(from, to, &DTLS_PROBE);
+        if verified && self.by_addr.get(&from) != Some(&key) {
             if entry.addrs.len() >= ADDRS_PER_PEER {
                 let old = entry.addrs.remove(0);
                 if self.by_addr.get(&old) == Some(&key) {
@@ -852,6 +863,8 @@ mod tests {
         in_flight: Vec<(Instant, Datagram)>,
         server_events: Vec<(PeerKey, Instant, PeerEvent)>,
         demux_errors: usize,
+        /// The last STUN check a browser sent us.
+        last_check: Option<Datagram>,
     }
 
     impl Net {
@@ -870,6 +883,7 @@ mod tests {
                 in_flight: Vec::new(),
                 server_events: Vec::new(),
                 demux_errors: 0,
+                last_check: None,
             };
             for i in 0..browsers {
                 let (mut browser, offer, pending) = Browser::offer(addr(2 + i as u8, 5000), start);
@@ -949,6 +963,9 @@ mod tests {
                 self.in_flight.drain(..).partition(|(at, _)| *at <= now);
             self.in_flight = later;
             for (_, d) in due {
+                if d.to == server_addr() && d.bytes.first().is_some_and(|b| *b < 4) {
+                    self.last_check = Some(d.clone());
+                }
                 if d.to == server_addr() {
                     if self
                         .set
@@ -1366,12 +1383,69 @@ mod tests {
             .set
             .handle_datagram(addr(77, 1), server_addr(), &[0x80; 30], net.now)
             .is_err());
+        // A real check with its MESSAGE-INTEGRITY broken (FINGERPRINT
+        // recomputed, so it parses) from a new address: routed by ufrag,
+        // refused by str0m, and its address is not remembered.
+        let check = net.last_check.clone().expect("checks were sent");
+        let forged = break_integrity(&check.bytes);
+        let spoofed = addr(66, 6666);
+        let _ = net
+            .set
+            .handle_datagram(spoofed, server_addr(), &forged, net.now);
+        assert!(!net.set.by_addr.contains_key(&spoofed));
+        // The genuine check from a new address (NAT rebinding) is.
+        let rebound = addr(66, 6667);
+        let key = net
+            .set
+            .handle_datagram(rebound, server_addr(), &check.bytes, net.now)
+            .expect("genuine check routed");
+        assert_eq!(net.set.by_addr.get(&rebound), Some(&key));
+
         // A removed peer's addresses route nowhere.
         let key0 = net.keys[0];
         let from0 = net.browsers[0].addr;
         assert!(net.set.remove(key0).is_some());
         assert_eq!(net.set.len(), 1);
         assert!(!net.set.by_addr.contains_key(&from0));
+    }
+
+    /// CRC-32 (ISO-HDLC), for STUN FINGERPRINT (RFC 8489 s14.7).
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// Flip a bit of MESSAGE-INTEGRITY (0x0008) and recompute FINGERPRINT
+    /// (0x8028, the last attribute) so the message still parses.
+    fn break_integrity(check: &[u8]) -> Vec<u8> {
+        let mut m = check.to_vec();
+        let mut at = 20;
+        let mut fingerprint = None;
+        while at + 4 <= m.len() {
+            let kind = u16::from_be_bytes([m[at], m[at + 1]]);
+            let len = usize::from(u16::from_be_bytes([m[at + 2], m[at + 3]]));
+            if kind == 0x0008 {
+                m[at + 4] ^= 0x01;
+            }
+            if kind == 0x8028 {
+                fingerprint = Some(at);
+            }
+            at += 4 + len.div_ceil(4) * 4;
+        }
+        let fp = fingerprint.expect("str0m's checks carry FINGERPRINT");
+        let crc = crc32(&m[..fp]) ^ 0x5354_554e;
+        m[fp + 4..fp + 8].copy_from_slice(&crc.to_be_bytes());
+        m
     }
 
     /// A STUN binding request with only a USERNAME attribute.
