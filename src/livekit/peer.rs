@@ -1409,6 +1409,83 @@ mod tests {
         assert!(!net.set.by_addr.contains_key(&from0));
     }
 
+    #[test]
+    fn renegotiation_adds_audio_and_channels_are_bounded() {
+        use str0m::channel::{ChannelConfig, Reliability};
+
+        let mut net = Net::new(1, false);
+        net.connect_all();
+
+        // The client re-offers with one more recvonly audio m-line (v1:
+        // after `media_sections_requirement`): we answer it as sendonly.
+        let mut api = net.browsers[0].rtc.sdp_api();
+        let new_mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("re-offer");
+        let answer = net
+            .peer(0)
+            .accept_offer(&offer.to_sdp_string())
+            .expect("re-answer");
+        let answer = SdpAnswer::from_sdp_string(&answer).expect("parses");
+        net.browsers[0]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accepted");
+        assert!(net.peer(0).sending_mids().any(|m| m == new_mid));
+        net.run_for(Duration::from_millis(200));
+
+        // `_lossy` (unordered, no retransmit, as the SDKs open it) and more
+        // channels than we keep.
+        let lossy = net.browsers[0]
+            .rtc
+            .direct_api()
+            .create_data_channel(ChannelConfig {
+                label: "_lossy".into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                ..Default::default()
+            });
+        for i in 0..MAX_CHANNELS + 2 {
+            net.browsers[0]
+                .rtc
+                .direct_api()
+                .create_data_channel(ChannelConfig {
+                    label: format!("extra{i}"),
+                    ..Default::default()
+                });
+        }
+        net.run_for(Duration::from_millis(500));
+        let opened: Vec<String> = net
+            .server_events
+            .iter()
+            .filter_map(|(_, _, e)| match e {
+                PeerEvent::ChannelOpen { label } => Some(label.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened.len(), MAX_CHANNELS, "{opened:?}");
+        assert!(opened.iter().any(|l| l == "_lossy"), "{opened:?}");
+
+        // Media on the new m-line and a message on `_lossy` reach the client.
+        let now = net.now;
+        net.peer(0)
+            .write_opus(new_mid, vec![0x78, 1, 2, 3], 4800, now)
+            .expect("write on the new mid");
+        net.peer(0)
+            .send_data("_lossy", true, b"lossy hello")
+            .expect("send on _lossy");
+        net.run_for(Duration::from_millis(200));
+        let b = &net.browsers[0];
+        assert!(b.events.iter().any(|e| matches!(
+            e,
+            Event::MediaData(d) if d.mid == new_mid && *d.data == [0x78, 1, 2, 3]
+        )));
+        assert!(b.events.iter().any(|e| matches!(
+            e,
+            Event::ChannelData(d) if d.id == lossy && d.data == b"lossy hello"
+        )));
+    }
+
     /// CRC-32 (ISO-HDLC), for STUN FINGERPRINT (RFC 8489 s14.7).
     fn crc32(data: &[u8]) -> u32 {
         let mut crc = 0xffff_ffffu32;
