@@ -1569,6 +1569,25 @@ mod tests {
         assert_eq!(stun_local_ufrag(&[0u8; 20]), None, "no attributes");
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic, and an answer only for a well-formed STUN
+        /// header whose USERNAME lies inside the message.
+        #[test]
+        fn stun_username_parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Some(ufrag) = stun_local_ufrag(&bytes) {
+                proptest::prop_assert!(bytes.len() >= 20);
+                proptest::prop_assert!(ufrag.len() + 24 <= bytes.len());
+            }
+        }
+
+        /// A check we build gives back its first ufrag, whatever follows.
+        #[test]
+        fn stun_username_round_trips(local in "[a-zA-Z0-9+/]{1,32}", remote in "[a-zA-Z0-9+/]{0,32}") {
+            let check = stun_check(&format!("{local}:{remote}"));
+            proptest::prop_assert_eq!(stun_local_ufrag(&check), Some(local.as_str()));
+        }
+    }
+
     #[test]
     fn timestamps_extend_across_wrap() {
         let first = extend_timestamp(None, u32::MAX - 100);
