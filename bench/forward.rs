@@ -85,7 +85,7 @@ impl Room {
             let mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
             api.add_channel("_reliable".into());
             let (offer, pending) = api.apply().expect("offer");
-            let mut peer = WebRtcPeer::new(&config, &dtls, now);
+            let mut peer = WebRtcPeer::new(&config, &dtls, now).expect("peer");
             let answer = peer.accept_offer(&offer.to_sdp_string()).expect("answer");
             let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
             rtc.sdp_api()
@@ -262,14 +262,14 @@ fn create(c: &mut Criterion) {
     let own = ShardDtls::per_peer_certificates();
     let now = Instant::now();
     group.bench_function("new_shared_cert", |b| {
-        b.iter(|| black_box(WebRtcPeer::new(&config, &shared, now)))
+        b.iter(|| black_box(WebRtcPeer::new(&config, &shared, now).expect("peer")))
     });
     group.bench_function("new_own_cert", |b| {
-        b.iter(|| black_box(WebRtcPeer::new(&config, &own, now)))
+        b.iter(|| black_box(WebRtcPeer::new(&config, &own, now).expect("peer")))
     });
     group.bench_function("new_and_answer_python_offer", |b| {
         b.iter(|| {
-            let mut peer = WebRtcPeer::new(&config, &shared, now);
+            let mut peer = WebRtcPeer::new(&config, &shared, now).expect("peer");
             black_box(peer.accept_offer(PYTHON_OFFER).expect("answer"))
         })
     });

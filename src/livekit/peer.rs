@@ -98,6 +98,8 @@ pub enum PeerError {
     NoChannel(String),
     #[error("data channel {0:?} is full")]
     ChannelFull(String),
+    #[error("{0} cannot be announced as a host candidate: {1}")]
+    BadHost(SocketAddr, String),
     #[error("could not make a DTLS certificate")]
     Certificate,
     #[error("webrtc: {0}")]
@@ -247,8 +249,12 @@ impl std::fmt::Debug for WebRtcPeer {
 }
 
 impl WebRtcPeer {
-    /// A peer for one participant, before any offer.
-    pub fn new(config: &PeerConfig, dtls: &ShardDtls, now: Instant) -> Self {
+    /// A peer for one participant, before any offer. Refused when the host
+    /// address cannot be a candidate (e.g. the unspecified `0.0.0.0` of a
+    /// wildcard bind: the announced address must be one the client can reach).
+    pub fn new(config: &PeerConfig, dtls: &ShardDtls, now: Instant) -> Result<Self, PeerError> {
+        let candidate = Candidate::host(config.host, "udp")
+            .map_err(|e| PeerError::BadHost(config.host, e.to_string()))?;
         let mut rtc_config = RtcConfig::new()
             .set_ice_lite(true)
             // Opus only: video m-lines are answered with port 0 (rejected),
@@ -262,12 +268,9 @@ impl WebRtcPeer {
             rtc_config = rtc_config.set_dtls_cert(cert.clone());
         }
         let mut rtc = rtc_config.build(now);
-        // A host candidate from a valid socket address cannot fail to build.
-        if let Ok(candidate) = Candidate::host(config.host, "udp") {
-            rtc.add_local_candidate(candidate);
-        }
+        rtc.add_local_candidate(candidate);
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        WebRtcPeer {
+        Ok(WebRtcPeer {
             rtc,
             host: config.host,
             local_ufrag,
@@ -278,7 +281,7 @@ impl WebRtcPeer {
             dtls_up: false,
             connected: false,
             last_now: now,
-        }
+        })
     }
 
     /// Our ICE username fragment: the first half of the USERNAME in every
@@ -887,7 +890,7 @@ mod tests {
             };
             for i in 0..browsers {
                 let (mut browser, offer, pending) = Browser::offer(addr(2 + i as u8, 5000), start);
-                let mut peer = WebRtcPeer::new(&config, &dtls, start);
+                let mut peer = WebRtcPeer::new(&config, &dtls, start).expect("peer");
                 let answer = peer.accept_offer(&offer).expect("answer");
                 // Trickle, as the signal session will: the client's candidate.
                 let candidate = Candidate::host(browser.addr, "udp").expect("candidate");
@@ -1161,7 +1164,7 @@ mod tests {
             host: server_addr(),
             rtp_mode: false,
         };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now);
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
         let answer = peer
             .accept_offer(PYTHON_OFFER)
             .expect("the SDK's offer is answered");
@@ -1216,7 +1219,7 @@ mod tests {
             host: server_addr(),
             rtp_mode: false,
         };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now);
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
         assert!(matches!(
             peer.accept_offer("v=0\r\nthis is no sdp\r\n"),
             Err(PeerError::BadOffer(_))
@@ -1234,13 +1237,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unannounceable_host_is_refused() {
+        let config = PeerConfig {
+            host: "0.0.0.0:7882".parse().expect("literal"),
+            rtp_mode: false,
+        };
+        assert!(matches!(
+            WebRtcPeer::new(&config, &dtls(), Instant::now()),
+            Err(PeerError::BadHost(..))
+        ));
+    }
+
+    #[test]
     fn remote_candidates_are_checked_and_bounded() {
         let now = Instant::now();
         let config = PeerConfig {
             host: server_addr(),
             rtp_mode: false,
         };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now);
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
         assert!(matches!(
             peer.add_remote_candidate("candidate:garbage"),
             Err(PeerError::BadCandidate(_))
@@ -1606,7 +1621,7 @@ mod tests {
             host: server_addr(),
             rtp_mode: false,
         };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now);
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
         peer.accept_offer(PYTHON_OFFER).expect("answer");
         // mid 3 is a rejected video m-line.
         assert!(matches!(
