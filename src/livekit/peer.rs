@@ -28,7 +28,9 @@
 //!
 //! Everything a peer sends is bounded: the offer's size, the number of
 //! remote candidates, the number of data channels and their label length,
-//! the size of one data channel message (SCTP max message size).
+//! the size of one data channel message (SCTP max message size; str0m then
+//! keeps at most ~1 MiB of SCTP reassembly storage per peer, allocated as
+//! data arrives).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
