@@ -82,6 +82,8 @@ fn room(n: usize) -> (MediaEngine, Vec<Caller>, Instant) {
                 payload_type: 0,
                 telephone_event: Some(101),
                 ptime_ms: 20,
+                send: true,
+                receive: true,
             },
         );
     }

@@ -108,11 +108,18 @@ pub struct RtpConfig {
     pub port_max: u16,
     /// A call with no RTP from the caller for this long is ended.
     pub media_timeout_secs: u64,
+    /// The same while the call is on hold (RFC 3264 s8.4): a held phone may
+    /// send nothing, so `media_timeout_secs` does not apply then.
+    pub hold_timeout_secs: u64,
 }
 
 impl RtpConfig {
     pub fn media_timeout(&self) -> Duration {
         Duration::from_secs(self.media_timeout_secs)
+    }
+
+    pub fn hold_timeout(&self) -> Duration {
+        Duration::from_secs(self.hold_timeout_secs)
     }
 }
 
@@ -140,6 +147,8 @@ pub const DEFAULT_SIP_PORT: u16 = 5060;
 pub const DEFAULT_RTP_PORT_MIN: u16 = 10000;
 pub const DEFAULT_RTP_PORT_MAX: u16 = 20000;
 pub const DEFAULT_MEDIA_TIMEOUT_SECS: u64 = 30;
+/// `rtp.hold_timeout_secs`: an hour of silence on hold, then the call is ended.
+pub const DEFAULT_HOLD_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_GRACE_SECS: u64 = 5;
 pub const DEFAULT_METRICS_PORT: u16 = 6789;
 pub const DEFAULT_USER_AGENT: &str = "switchboard";
@@ -359,6 +368,7 @@ struct RawRtp {
     port_min: Field<u16>,
     port_max: Field<u16>,
     media_timeout_secs: Field<u64>,
+    hold_timeout_secs: Field<u64>,
 }
 
 #[derive(Deserialize)]
@@ -714,6 +724,7 @@ impl Resolver<'_, '_> {
                 port_min: DEFAULT_RTP_PORT_MIN,
                 port_max: DEFAULT_RTP_PORT_MAX,
                 media_timeout_secs: DEFAULT_MEDIA_TIMEOUT_SECS,
+                hold_timeout_secs: DEFAULT_HOLD_TIMEOUT_SECS,
             });
         };
         if let Some(p) = &raw.port_min {
@@ -740,17 +751,21 @@ impl Resolver<'_, '_> {
                 },
             ));
         }
-        if let Some(t) = &raw.media_timeout_secs {
-            if *t.get_ref() == 0 {
-                return Err(self
-                    .src
-                    .error(t.span(), "rtp.media_timeout_secs", Problem::Zero));
+        for (t, key) in [
+            (&raw.media_timeout_secs, "rtp.media_timeout_secs"),
+            (&raw.hold_timeout_secs, "rtp.hold_timeout_secs"),
+        ] {
+            if let Some(t) = t {
+                if *t.get_ref() == 0 {
+                    return Err(self.src.error(t.span(), key, Problem::Zero));
+                }
             }
         }
         Ok(RtpConfig {
             port_min,
             port_max,
             media_timeout_secs: value_or(&raw.media_timeout_secs, DEFAULT_MEDIA_TIMEOUT_SECS),
+            hold_timeout_secs: value_or(&raw.hold_timeout_secs, DEFAULT_HOLD_TIMEOUT_SECS),
         })
     }
 
@@ -1212,6 +1227,7 @@ mod tests {
         assert_eq!(c.sip.answer_delay_ms, 0);
         assert_eq!((c.rtp.port_min, c.rtp.port_max), (10000, 20000));
         assert_eq!(c.rtp.media_timeout(), Duration::from_secs(30));
+        assert_eq!(c.rtp.hold_timeout(), Duration::from_secs(3600));
         assert_eq!(c.shutdown.grace(), Duration::from_secs(5));
         assert_eq!(c.metrics.port, 6789);
 

@@ -54,6 +54,8 @@ use session::{Inbound, RtpSession, SessionConfig, StreamSeed};
 
 /// Default media timeout: no RTP from the caller for this long ends the call.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
+/// The media timeout while a call is on hold (`rtp.hold_timeout_secs`).
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Bytes per arena chunk (in and out): about 190 outgoing G.711 packets.
 pub const ARENA_CHUNK: usize = 32 * 1024;
 
@@ -101,6 +103,12 @@ pub struct CallMedia {
     pub telephone_event: Option<u8>,
     /// The caller's `a=ptime`; we mix and send 20 ms frames (see `session::FRAME`).
     pub ptime_ms: u16,
+    /// The negotiated direction, ours (RFC 3264 s6.1): may we send the mix, and
+    /// do we expect the caller's RTP. A caller who puts us on hold offers
+    /// `sendonly` (we answer `recvonly`: no mix is sent, its music on hold is
+    /// received) or `inactive` (neither; the media timeout is not armed).
+    pub send: bool,
+    pub receive: bool,
 }
 
 /// What the driver must do next.
@@ -299,6 +307,7 @@ struct Call {
 pub struct MediaEngine {
     shard: usize,
     media_timeout: Duration,
+    hold_timeout: Duration,
     rng: SmallRng,
     /// A moment on the monotonic clock and the wall clock (since the Unix
     /// epoch) at the same instant, for the NTP time of sender reports.
@@ -329,11 +338,18 @@ impl MediaEngine {
         Self::with_seed(shard, media_timeout, rand::random())
     }
 
+    /// The media timeout of held calls ([`DEFAULT_HOLD_TIMEOUT`] unless set),
+    /// for calls added from now on.
+    pub fn set_hold_timeout(&mut self, hold_timeout: Duration) {
+        self.hold_timeout = hold_timeout;
+    }
+
     /// Like [`new`](Self::new) with a fixed seed: reproducible SSRCs for tests.
     pub fn with_seed(shard: usize, media_timeout: Duration, seed: u64) -> Self {
         MediaEngine {
             shard,
             media_timeout,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
             rng: SmallRng::seed_from_u64(seed),
             wallclock: None,
             calls: HashMap::new(),
@@ -373,10 +389,13 @@ impl MediaEngine {
             telephone_event: m.telephone_event,
             remote: m.remote,
             media_timeout: self.media_timeout,
+            hold_timeout: self.hold_timeout,
+            send: m.send,
+            receive: m.receive,
         };
         let decoder = Decoder::G711(Compander::new(m.codec.law()));
         if let Some(c) = self.calls.get_mut(&m.call) {
-            c.session.renegotiate(cfg);
+            c.session.renegotiate(now, cfg);
             if c.room == m.room {
                 if let Some(r) = self.rooms.get_mut(&c.room) {
                     r.set_decoder(c.participant, decoder);
@@ -721,6 +740,8 @@ mod tests {
                 payload_type: PT_PCMU,
                 telephone_event: Some(PT_EVENT),
                 ptime_ms: 20,
+                send: true,
+                receive: true,
             }
         }
 
@@ -1044,6 +1065,108 @@ mod tests {
             .events
             .iter()
             .any(|(_, e)| *e == MediaEvent::RoomEnded { room: "r2".into() }));
+    }
+
+    /// RFC 3264 s8.4 hold: a caller that re-INVITEs with `inactive` (we answer
+    /// inactive) gets no mix and is not timed out however long it stays silent;
+    /// its RTCP keeps going. Resumed, it gets the mix again, its counters and
+    /// SSRC carry on, and the media timeout counts from the resume.
+    #[test]
+    fn hold_suspends_the_mix_and_the_media_timeout_resume_restores_them() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.1:4000", 500.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.1:4000"));
+        for k in 0..50 {
+            net.advance_to(t0 + FRAME * k + Duration::from_millis(3));
+            let pkt = a.voice();
+            net.receive(&a, &pkt);
+        }
+        let before = net.rtp_to(&a.call);
+        assert!(
+            before.len() >= 45,
+            "the lone caller gets its cadence: {}",
+            before.len()
+        );
+        let ssrc = RtpPacket::parse(&before[0].data).expect("rtp").ssrc();
+
+        // Hold: 100 s of silence, far past the 30 s timeout.
+        let t_hold = t0 + Duration::from_secs(1);
+        let mut held = a.media("r", "192.0.2.1:4000");
+        (held.send, held.receive) = (false, false);
+        net.eng.add_call(t_hold, held);
+        let sent_at_hold = net.rtp_to(&a.call).len();
+        let rtcp_at_hold = net.rtcp_to(&a.call).len();
+        net.advance_to(t_hold + Duration::from_secs(100));
+        assert!(
+            !net.events
+                .iter()
+                .any(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. })),
+            "a held call is not timed out: {:?}",
+            net.events
+        );
+        let sent_on_hold = net.rtp_to(&a.call).len() - sent_at_hold;
+        assert!(sent_on_hold <= 1, "no mix on hold: {sent_on_hold} packets");
+        assert!(
+            net.rtcp_to(&a.call).len() > rtcp_at_hold + 10,
+            "RTCP goes on"
+        );
+
+        // Resume: the mix comes back on the same stream, the timeout re-arms.
+        let t_resume = net.now;
+        net.eng.add_call(t_resume, a.media("r", "192.0.2.1:4000"));
+        net.advance_to(t_resume + Duration::from_secs(1));
+        let after = net.rtp_to(&a.call);
+        assert!(
+            after.len() - sent_at_hold - sent_on_hold >= 45,
+            "mix resumed"
+        );
+        let last = RtpPacket::parse(&after[after.len() - 1].data).expect("rtp");
+        assert_eq!(last.ssrc(), ssrc, "one stream across the re-INVITEs");
+        net.advance_to(t_resume + DEFAULT_MEDIA_TIMEOUT - Duration::from_millis(100));
+        assert!(!net
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. })));
+        net.advance_to(t_resume + DEFAULT_MEDIA_TIMEOUT + Duration::from_millis(100));
+        let timeouts: Vec<_> = net
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
+            .collect();
+        assert_eq!(
+            timeouts.len(),
+            1,
+            "silence after the resume is trouble again"
+        );
+        let report = net.eng.remove_call(net.now, &a.call).expect("was up");
+        assert_eq!(report.packets_in, 50, "counters survive the re-INVITEs");
+    }
+
+    /// `sendonly` from the caller (it holds us, perhaps with music): we answer
+    /// `recvonly`, send no mix, and its silence is judged by the hold timeout,
+    /// not the media timeout (many phones that offer `sendonly` send nothing).
+    #[test]
+    fn recvonly_sends_nothing_and_waits_for_the_hold_timeout() {
+        let mut net = Net::new();
+        net.eng.set_hold_timeout(Duration::from_secs(120));
+        let a = Phone::new("a", "192.0.2.1:4000", 500.0);
+        let t0 = net.now;
+        let mut m = a.media("r", "192.0.2.1:4000");
+        m.send = false;
+        net.eng.add_call(t0, m);
+        let timeouts = |net: &Net| {
+            net.events
+                .iter()
+                .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+        };
+        net.advance_to(t0 + Duration::from_secs(119));
+        assert!(net.rtp_to(&a.call).is_empty());
+        assert!(timeouts(&net).is_empty(), "not at the 30 s media timeout");
+        net.advance_to(t0 + Duration::from_secs(121));
+        assert_eq!(timeouts(&net), [t0 + Duration::from_secs(120)]);
     }
 
     /// RFC 4733 packets of one key press: start, updates, three end packets.

@@ -528,7 +528,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         None => (None, None),
     };
     let (media_kick, media_kick_rx) = local_channel::new_bounded(1);
-    let media = ShardMedia::new(id, config.rtp.media_timeout())
+    let media = ShardMedia::new(id, config.rtp.media_timeout(), config.rtp.hold_timeout())
         .map_err(|e| format!("cannot create the media epoll set: {e}"))?;
     let shard = Rc::new(Shard {
         id,

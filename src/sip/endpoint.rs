@@ -154,6 +154,9 @@ pub struct MediaSpec {
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
     pub ptime_ms: u16,
+    /// Our negotiated direction (RFC 3264 s6.1): hold is a re-INVITE that
+    /// changes it (s8.4).
+    pub direction: sdp::Direction,
     /// Caller number, trunk and rule, for the participant's identity and attributes.
     pub caller: String,
     pub callee: String,
@@ -1883,6 +1886,7 @@ fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
         payload_type: n.payload_type,
         telephone_event: n.telephone_event,
         ptime_ms: n.ptime_ms,
+        direction: n.direction,
         caller: call.routed.caller.clone(),
         callee: call.routed.callee.clone(),
         trunk_id: call.routed.trunk_id.clone(),
