@@ -958,6 +958,48 @@ mod tests {
         );
     }
 
+    /// A call re-added with another room (the room a PIN chose) leaves its old
+    /// room, which ends, and joins the new one, where it hears and is heard;
+    /// its session (counters, stream) is the same one.
+    #[test]
+    fn a_call_moved_to_another_room_hears_its_new_room() {
+        let mut net = Net::new();
+        let mut phones = [
+            Phone::new("a", "192.0.2.10:4000", 1000.0),
+            Phone::new("b", "198.51.100.20:5000", 600.0),
+        ];
+        let t0 = net.now;
+        net.eng
+            .add_call(t0, phones[0].media("pin:a", &phones[0].src.to_string()));
+        net.eng
+            .add_call(t0, phones[1].media("conf", &phones[1].src.to_string()));
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let a_before = decode(&net.rtp_to(&phones[0].call));
+        assert!(
+            goertzel(&a_before[a_before.len() - 4000..], 600.0) < 1.0,
+            "apart"
+        );
+        let sent_before = net.rtp_to(&phones[0].call).len();
+
+        net.eng
+            .add_call(net.now, phones[0].media("conf", &phones[0].src.to_string()));
+        net.drain();
+        assert_eq!(net.eng.rooms(), 1);
+        assert!(net.events.iter().any(|(_, e)| *e
+            == MediaEvent::RoomEnded {
+                room: "pin:a".into()
+            }));
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        for (me, other) in [(0, 1), (1, 0)] {
+            let pcm = decode(&net.rtp_to(&phones[me].call));
+            let heard = goertzel(&pcm[pcm.len() - 4000..], phones[other].tone_hz);
+            assert!(heard > 1e5, "{me} hears {other} in the new room: {heard}");
+        }
+        let a = net.eng.call_report(&phones[0].call).expect("call a is up");
+        assert_eq!(a.packets_in, 100, "one session across the move");
+        assert!(a.packets_out as usize >= sent_before + 45);
+    }
+
     #[test]
     fn lone_caller_gets_silence_at_fifty_packets_per_second() {
         let mut net = Net::new();
