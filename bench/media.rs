@@ -61,7 +61,7 @@ fn room(n: usize) -> (MediaEngine, Vec<Caller>, Instant) {
                 .parse()
                 .expect("literal address");
             Caller {
-                call: CallKey(format!("call-{i}")),
+                call: CallKey(format!("call-{i}").into()),
                 src,
                 seq: 100,
                 ts: 8000,

@@ -38,6 +38,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -60,8 +61,10 @@ pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const ARENA_CHUNK: usize = 32 * 1024;
 
 /// Identifies a call on its owner shard (the SIP core's key; unified later).
+/// Every packet the engine sends is tagged with it: an `Arc<str>` makes that a
+/// refcount increment, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallKey(pub String);
+pub struct CallKey(pub Arc<str>);
 
 impl fmt::Display for CallKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,8 +119,7 @@ pub struct CallMedia {
 pub enum MediaOutput {
     /// Send `data` from the call's RTP socket (or its RTCP socket, RTP + 1).
     ///
-    /// `call` is cloned per packet; if `CallKey` stays a `String` that is the
-    /// one allocation per packet left (an `Arc<str>` key would remove it).
+    /// `call` is cloned per packet (a refcount: `CallKey` is an `Arc<str>`).
     Transmit {
         call: CallKey,
         dst: SocketAddr,
