@@ -29,6 +29,7 @@
 //! socket: the time of a check is an argument (`now_unix`).
 
 pub mod connect;
+pub mod http;
 pub mod ids;
 pub mod sip_participant;
 pub mod token;

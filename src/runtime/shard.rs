@@ -46,6 +46,8 @@ pub struct ShardStart {
     pub config: Arc<Config>,
     pub limits: Limits,
     pub sockets: ShardSockets,
+    /// This shard's LiveKit listener (`[livekit]`), if the port is open.
+    pub livekit: Option<socket2::Socket>,
     pub mesh: Option<MeshBuilder<ShardMsg, Full>>,
     pub stop: Arc<StopFlags>,
     pub counters: Arc<ShardCounters>,
@@ -468,6 +470,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         config,
         limits,
         sockets,
+        livekit,
         mesh,
         stop,
         counters,
@@ -559,6 +562,11 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         glommio::spawn_local(sip_transport::accept_loop(Rc::clone(&shard), listener)).detach();
     }
     glommio::spawn_local(sip_transport::idle_sweep(Rc::clone(&shard))).detach();
+    if let Some(s) = livekit {
+        let listener = super::livekit_http::into_glommio_listener(s);
+        let front = super::livekit_http::Front::new(id, shards, config.livekit.keys.clone());
+        glommio::spawn_local(super::livekit_http::serve(Rc::new(front), listener)).detach();
+    }
     if let Some(mut r) = receivers {
         for (_from, rx) in r.streams() {
             let shard = Rc::clone(&shard);
