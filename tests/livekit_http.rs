@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{alloc_ports, repo_path, Ports, Scratch, Server};
 use switchboard::livekit::token::{encode, Claims, VideoGrant};
+use switchboard::sip::endpoint::room_shard;
 
 const CONFIG: &str = r#"
 [sip]
@@ -105,6 +106,32 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Send an upgrade request and read the response head and the first WebSocket
+/// frame after a 101 (the server waits for our Close before it closes, RFC 6455
+/// s7.1.1, so reading to the end would take its close timeout).
+fn upgrade_exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect to the LiveKit port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = &out[end + 4..];
+            let upgraded = out.starts_with(b"HTTP/1.1 101 ");
+            if upgraded && rest.len() >= 2 && rest.len() >= 2 + usize::from(rest[1] & 0x7f) {
+                return out;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read from the LiveKit port: {e} (after {out:?})"),
+        }
+    }
 }
 
 /// Status, headers (lower-case names) and body of an HTTP response; the body is
@@ -235,7 +262,7 @@ fn validate_preflight_refusals_and_the_websocket_upgrade() {
     // unread rest makes the kernel reset the connection before the answer is read.)
 
     // A bad token is refused with its status before any upgrade.
-    let raw = exchange(addr, upgrade_request(addr, "/rtc/v1", &forged).as_bytes());
+    let raw = upgrade_exchange(addr, &upgrade_request(addr, "/rtc/v1", &forged));
     let r = Http::parse(&raw);
     assert_eq!(
         (r.status, r.text().as_str()),
@@ -245,7 +272,7 @@ fn validate_preflight_refusals_and_the_websocket_upgrade() {
 
     // A good one is upgraded; then, until the signal session exists, the
     // server closes with a WebSocket close frame that says why.
-    let raw = exchange(addr, upgrade_request(addr, "/rtc/v1", &good).as_bytes());
+    let raw = upgrade_exchange(addr, &upgrade_request(addr, "/rtc/v1", &good));
     let r = Http::parse(&raw);
     assert_eq!(r.status, 101, "{}", String::from_utf8_lossy(&raw));
     assert_eq!(r.header("sec-websocket-accept"), Some(WS_ACCEPT));
@@ -266,6 +293,53 @@ fn validate_preflight_refusals_and_the_websocket_upgrade() {
             .is_empty(),
         "the admission is logged with its room"
     );
+    lk.server.stop();
+}
+
+/// Every admitted connection is served by its room's owner shard
+/// (`room_shard`, FNV-1a as for SIP), wherever the kernel delivered it.
+#[test]
+fn signal_connections_are_served_on_the_rooms_owner_shard() {
+    let lk = start("lk_owner");
+    let now = now_unix();
+    let rooms: Vec<String> = (0..16).map(|i| format!("room-{i}")).collect();
+    for room in &rooms {
+        let good = token(room, b"secret", now);
+        let raw = upgrade_exchange(lk.addr, &upgrade_request(lk.addr, "/rtc/v1", &good));
+        let r = Http::parse(&raw);
+        assert_eq!(r.status, 101, "{room}");
+        assert_eq!(r.body.first(), Some(&0x88), "{room}: a close frame follows");
+    }
+    let mut handed = 0;
+    for room in &rooms {
+        let owner = room_shard(room, 2);
+        // The owner logs the end of the session, inside its shard span.
+        let needles = ["LiveKit signal connection closed", &format!("room={room} ")];
+        // The last ones end when our sockets go: give the log a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut closed = lk.server.log_lines_with(&needles);
+        while closed.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            closed = lk.server.log_lines_with(&needles);
+        }
+        assert_eq!(closed.len(), 1, "{room}: {closed:?}");
+        assert!(
+            closed[0].contains(&format!("shard{{shard={owner}}}")),
+            "{room} (owner {owner}) served elsewhere: {}",
+            closed[0]
+        );
+        let admitted = lk.server.log_lines_with(&[
+            "LiveKit signal connection admitted",
+            &format!("room={room} "),
+        ]);
+        assert_eq!(admitted.len(), 1, "{room}: {admitted:?}");
+        if !admitted[0].contains(&format!("shard{{shard={owner}}}")) {
+            handed += 1;
+        }
+    }
+    // 16 connections over two SO_REUSEPORT listeners: all arriving at their
+    // owner has odds 2^-16.
+    assert!(handed > 0, "no connection arrived at a non-owner shard");
     lk.server.stop();
 }
 

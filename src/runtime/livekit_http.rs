@@ -17,15 +17,16 @@
 //! It reads the clock (`Instant::now()`, `SystemTime::now()` for token times)
 //! and passes it down; the protocol logic never does.
 //!
-//! Which shard: the connection is served where it arrives. A room lives on
-//! `room_shard(room, shards)` (FNV-1a, as SIP). Plan for the hand-off (not
-//! done yet; see `docs/livekit.md` s3): once `route` has admitted the
-//! connection on shard A for a room owned by B, A sends B over the mesh a
-//! `dup`ed fd of the stream plus the bytes read past the request head (glommio
-//! 0.9's `TcpStream` is `FromRawFd` but not `IntoRawFd`), B rebuilds a
-//! `TcpStream` and runs the upgrade there. Signaling is low-rate, so relaying
-//! frames over the mesh is the fallback. Until the signal session exists the
-//! shard only logs the owner.
+//! Which shard: the room's owner, `room_shard(room, shards)` (FNV-1a, as
+//! SIP), so a room's signal sessions and its media live on one thread. Once
+//! `route` has admitted a connection on shard A for a room owned by B, A hands
+//! B a [`Handoff`] over the mesh, once: a `dup`ed fd of the stream (glommio
+//! 0.9's `TcpStream` is `FromRawFd` but not `IntoRawFd`), the bytes read past
+//! the request head, and the admission. B rebuilds a `TcpStream`
+//! ([`adopt`]), writes the 101 and runs the WebSocket. A then drops its own
+//! fd without `shutdown(2)`, which would end the connection for B too. When
+//! the mesh link is full or gone, A answers 503 (logged, rate-limited): the
+//! SDKs retry.
 //!
 //! Signal session: not written yet (`livekit::signal`, another change). An
 //! admitted connection is upgraded and then closed at once with close code
@@ -35,7 +36,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -51,7 +52,8 @@ use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{debug, info, warn};
 
-use super::shard::LogLimiter;
+use super::mesh::ShardMsg;
+use super::shard::{LogLimiter, Shard};
 use crate::livekit::http::{parse_head, route, Reply, Upgrade};
 use crate::livekit::token::KeyStore;
 use crate::sip::endpoint::room_shard;
@@ -149,8 +151,43 @@ impl Drop for Slot {
     }
 }
 
+/// An admitted connection on its way to the room's owner shard.
+#[derive(Debug)]
+pub struct Handoff {
+    /// A `dup` of the arrival shard's socket.
+    pub fd: OwnedFd,
+    /// Bytes read past the request head (normally none: clients wait for 101).
+    pub prefix: Vec<u8>,
+    pub upgrade: Box<Upgrade>,
+    pub peer: Option<SocketAddr>,
+}
+
+/// On the owner shard: take a handed-over connection and serve it.
+pub fn adopt(front: &Rc<Front>, h: Handoff) {
+    if front.open.get() >= MAX_CONNS_PER_SHARD {
+        if let Some(suppressed) = front.log.allow(Instant::now()) {
+            warn!(
+                limit = MAX_CONNS_PER_SHARD,
+                suppressed, "handed-over LiveKit connection dropped: shard at its limit"
+            );
+        }
+        return;
+    }
+    front.open.set(front.open.get() + 1);
+    let slot = Slot(Rc::clone(front));
+    // SAFETY: `h.fd` is an open, connected TCP socket (a `dup` made by the
+    // arrival shard) that this Handoff owns alone; ownership moves to the
+    // glommio TcpStream, which closes it on drop.
+    let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+    glommio::spawn_local(async move {
+        upgraded(stream, h.prefix, &h.upgrade, h.peer).await;
+        drop(slot);
+    })
+    .detach();
+}
+
 /// Accept and serve connections until the listener fails for good.
-pub async fn serve(front: Rc<Front>, listener: TcpListener) {
+pub async fn serve(front: Rc<Front>, shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let mut stream = match listener.accept().await {
             Ok(s) => s,
@@ -175,9 +212,10 @@ pub async fn serve(front: Rc<Front>, listener: TcpListener) {
         }
         front.open.set(front.open.get() + 1);
         let slot = Slot(Rc::clone(&front));
+        let shard = Rc::clone(&shard);
         glommio::spawn_local(async move {
             let front = Rc::clone(&slot.0);
-            connection(&front, stream).await;
+            connection(&front, &shard, stream).await;
             drop(slot);
         })
         .detach();
@@ -185,7 +223,7 @@ pub async fn serve(front: Rc<Front>, listener: TcpListener) {
 }
 
 /// One connection: a request head, then an answer or a WebSocket.
-async fn connection(front: &Front, mut stream: TcpStream) {
+async fn connection(front: &Front, shard: &Shard, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 2048];
@@ -229,16 +267,54 @@ async fn connection(front: &Front, mut stream: TcpStream) {
             let owner = room_shard(&up.admission.room, front.shards);
             info!(?peer, room = %up.admission.room, identity = %up.admission.identity,
                 owner, "LiveKit signal connection admitted");
-            if stream.write_all(&up.response()).await.is_err() {
-                return;
+            let prefix = buf[len..].to_vec();
+            if owner == front.shard {
+                return upgraded(stream, prefix, &up, peer).await;
             }
-            let rest = buf[len..].to_vec();
-            let stream = Prefixed::new(rest, stream);
-            let mut session = open_session(&up, Instant::now());
-            let end = websocket_loop(stream, session.as_mut()).await;
-            info!(?peer, room = %up.admission.room, ?end, "LiveKit signal connection closed");
+            // SAFETY: dup(2) of the fd this stream owns and keeps open for
+            // the call; the new fd, if any, is owned by `OwnedFd` alone.
+            let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+            if dup < 0 {
+                warn!(?peer, error = %io::Error::last_os_error(), "dup failed; serving here");
+                return upgraded(stream, prefix, &up, peer).await;
+            }
+            // SAFETY: `dup` is a fresh, open fd nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+            let room = up.admission.room.clone();
+            let handoff = Handoff {
+                fd,
+                prefix,
+                upgrade: up,
+                peer,
+            };
+            if shard.mesh_offer(owner, ShardMsg::LiveKit(handoff)) {
+                debug!(?peer, %room, owner, "LiveKit connection handed to the room's owner");
+                // Dropped, not closed: `close` would shut the socket down for
+                // the owner too.
+                drop(stream);
+            } else {
+                // The hand-off (and its dup) is gone; the admission with it.
+                if let Some(suppressed) = front.log.allow(Instant::now()) {
+                    warn!(?peer, %room, owner, suppressed,
+                        "mesh link full or closed: LiveKit connection refused");
+                }
+                let busy = crate::livekit::http::Response::text(503, "try again");
+                let _ = stream.write_all(&busy.to_bytes()).await;
+                let _ = stream.close().await;
+            }
         }
     }
+}
+
+/// Write the 101 and run the WebSocket with a fresh signal session.
+async fn upgraded(mut stream: TcpStream, prefix: Vec<u8>, up: &Upgrade, peer: Option<SocketAddr>) {
+    if stream.write_all(&up.response()).await.is_err() {
+        return;
+    }
+    let stream = Prefixed::new(prefix, stream);
+    let mut session = open_session(up, Instant::now());
+    let end = websocket_loop(stream, session.as_mut()).await;
+    info!(?peer, room = %up.admission.room, ?end, "LiveKit signal connection closed");
 }
 
 // ----- the signal session's interface ----------------------------------------
