@@ -373,6 +373,47 @@ mod tests {
         String::from_utf8(r.to_bytes()).unwrap()
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes: a head, "more", or an error; never a panic, never
+            /// a head longer than the bound.
+            #[test]
+            fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                if let Ok(Some((_, len))) = parse_head(&bytes, 1024) {
+                    prop_assert!(len <= 1024 && len <= bytes.len());
+                }
+            }
+
+            /// Any target and header values the parser lets through: `route`
+            /// answers without panicking, and only an admitted token upgrades.
+            #[test]
+            fn any_request_routes_without_panic(
+                method in "(GET|OPTIONS|POST|HEAD)",
+                target in "/[a-z/]{0,12}(\\?[ -~]{0,64})?",
+                auth in proptest::option::of("[ -~]{0,64}"),
+                upgrade in any::<bool>(),
+            ) {
+                let head = RequestHead {
+                    method,
+                    target,
+                    authorization: auth,
+                    upgrade_websocket: upgrade,
+                    connection_upgrade: upgrade,
+                    websocket_key: Some(KEY.into()),
+                    websocket_version: Some("13".into()),
+                    cors_request_headers: None,
+                };
+                match route(&head, &KeyStore::dev(), NOW) {
+                    Reply::Answer(a) => prop_assert!(a.status != 101),
+                    Reply::Upgrade(_) => prop_assert!(false, "upgraded without a valid token"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn head_is_read_whole_split_anywhere_and_bounded() {
         let req = ws_request("/rtc/v1?x=1", Some("a.b.c"));

@@ -72,6 +72,9 @@ pub const MAX_SIGNAL_MESSAGE: usize = 256 * 1024;
 /// s7.1.1: the server should close the TCP connection first, after the
 /// handshake).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A write (an answer, a frame) that makes no progress for this long ends the
+/// connection: a client that stops reading must not hold a slot forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The close reason while `livekit::signal` does not exist.
 pub const NO_SESSION_REASON: &str = "switchboard: signal session not implemented yet";
 
@@ -179,6 +182,10 @@ pub fn adopt(front: &Rc<Front>, h: Handoff) {
     // arrival shard) that this Handoff owns alone; ownership moves to the
     // glommio TcpStream, which closes it on drop.
     let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+    // The timeout is per glommio stream, not per socket: set it again.
+    if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        debug!(peer = ?h.peer, error = %e, "write timeout not set");
+    }
     glommio::spawn_local(async move {
         upgraded(stream, h.prefix, &h.upgrade, h.peer).await;
         drop(slot);
@@ -225,6 +232,9 @@ pub async fn serve(front: Rc<Front>, shard: Rc<Shard>, listener: TcpListener) {
 /// One connection: a request head, then an answer or a WebSocket.
 async fn connection(front: &Front, shard: &Shard, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok();
+    if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        debug!(?peer, error = %e, "write timeout not set");
+    }
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 2048];
     let deadline = Instant::now() + REQUEST_TIMEOUT;
