@@ -407,6 +407,8 @@ fn python_sdk_connect_fails_with_the_401_message() {
             "401 Unauthorized - invalid token: token is expired (exp)",
         ),
         ("garbage", "not.a.token".to_owned(), "401 Unauthorized"),
+        // Admitted: past the 401s (upgraded; see the loop below).
+        ("good", token("call-1", b"secret", now), ""),
     ];
     let mut cmd = Command::new(python());
     cmd.arg(repo_path("tests/python/livekit_connect_refused.py"))
@@ -429,6 +431,16 @@ fn python_sdk_connect_fails_with_the_401_message() {
     assert_eq!(results.len(), cases.len(), "{stdout}\n{stderr}");
     for ((name, _, want), got) in cases.iter().zip(&results) {
         assert_eq!(got["name"], *name);
+        if want.is_empty() {
+            // Until livekit::signal exists the server closes right after the
+            // 101, so the SDK fails, but not with a refusal.
+            let error = got["error"].as_str().unwrap_or_default();
+            assert!(
+                got["connected"] == true || !error.contains("401"),
+                "{name}: refused: {got}"
+            );
+            continue;
+        }
         assert_eq!(got["connected"], false, "{name}: {got}");
         let error = got["error"].as_str().unwrap_or_default();
         assert!(
