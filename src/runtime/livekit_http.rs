@@ -53,7 +53,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::mesh::ShardMsg;
-use super::shard::{LogLimiter, Shard};
+use super::shard::LogLimiter;
 use crate::livekit::http::{parse_head, route, Reply, Upgrade};
 use crate::livekit::token::KeyStore;
 use crate::sip::endpoint::room_shard;
@@ -125,8 +125,13 @@ pub struct Front {
     pub shards: usize,
     keys: KeyStore,
     open: Cell<usize>,
+    max_conns: usize,
     log: LogLimiter,
 }
+
+/// How an admitted connection reaches another shard: the shard's mesh
+/// (`Shard::mesh_offer`); `false` when the link did not take it.
+pub type HandOver = Rc<dyn Fn(usize, ShardMsg) -> bool>;
 
 impl Front {
     pub fn new(shard: usize, shards: usize, keys: KeyStore) -> Front {
@@ -135,8 +140,16 @@ impl Front {
             shards,
             keys,
             open: Cell::new(0),
+            max_conns: MAX_CONNS_PER_SHARD,
             log: LogLimiter::default(),
         }
+    }
+
+    /// At most `max` connections at once (tests; production uses
+    /// [`MAX_CONNS_PER_SHARD`]).
+    pub fn with_limit(mut self, max: usize) -> Front {
+        self.max_conns = max;
+        self
     }
 
     /// Connections open now.
@@ -167,10 +180,10 @@ pub struct Handoff {
 
 /// On the owner shard: take a handed-over connection and serve it.
 pub fn adopt(front: &Rc<Front>, h: Handoff) {
-    if front.open.get() >= MAX_CONNS_PER_SHARD {
+    if front.open.get() >= front.max_conns {
         if let Some(suppressed) = front.log.allow(Instant::now()) {
             warn!(
-                limit = MAX_CONNS_PER_SHARD,
+                limit = front.max_conns,
                 suppressed, "handed-over LiveKit connection dropped: shard at its limit"
             );
         }
@@ -194,7 +207,7 @@ pub fn adopt(front: &Rc<Front>, h: Handoff) {
 }
 
 /// Accept and serve connections until the listener fails for good.
-pub async fn serve(front: Rc<Front>, shard: Rc<Shard>, listener: TcpListener) {
+pub async fn serve(front: Rc<Front>, hand_over: HandOver, listener: TcpListener) {
     loop {
         let mut stream = match listener.accept().await {
             Ok(s) => s,
@@ -206,10 +219,10 @@ pub async fn serve(front: Rc<Front>, shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if front.open.get() >= MAX_CONNS_PER_SHARD {
+        if front.open.get() >= front.max_conns {
             if let Some(suppressed) = front.log.allow(Instant::now()) {
                 warn!(
-                    limit = MAX_CONNS_PER_SHARD,
+                    limit = front.max_conns,
                     suppressed, "LiveKit connection refused: shard at its limit"
                 );
             }
@@ -219,10 +232,10 @@ pub async fn serve(front: Rc<Front>, shard: Rc<Shard>, listener: TcpListener) {
         }
         front.open.set(front.open.get() + 1);
         let slot = Slot(Rc::clone(&front));
-        let shard = Rc::clone(&shard);
+        let hand_over = Rc::clone(&hand_over);
         glommio::spawn_local(async move {
             let front = Rc::clone(&slot.0);
-            connection(&front, &shard, stream).await;
+            connection(&front, &*hand_over, stream).await;
             drop(slot);
         })
         .detach();
@@ -230,7 +243,11 @@ pub async fn serve(front: Rc<Front>, shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// One connection: a request head, then an answer or a WebSocket.
-async fn connection(front: &Front, shard: &Shard, mut stream: TcpStream) {
+async fn connection(
+    front: &Front,
+    hand_over: &dyn Fn(usize, ShardMsg) -> bool,
+    mut stream: TcpStream,
+) {
     let peer = stream.peer_addr().ok();
     if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
         debug!(?peer, error = %e, "write timeout not set");
@@ -297,7 +314,7 @@ async fn connection(front: &Front, shard: &Shard, mut stream: TcpStream) {
                 upgrade: up,
                 peer,
             };
-            if shard.mesh_offer(owner, ShardMsg::LiveKit(handoff)) {
+            if hand_over(owner, ShardMsg::LiveKit(handoff)) {
                 debug!(?peer, %room, owner, "LiveKit connection handed to the room's owner");
                 // Dropped, not closed: `close` would shut the socket down for
                 // the owner too.
@@ -730,5 +747,69 @@ mod tests {
         drop(held);
         let s = bind(addr, 2).unwrap();
         assert_eq!(s.per_shard.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// One shard with a limit of 2: a third connection is closed unanswered
+    /// while two are held; the held ones are still served; once they are gone
+    /// new connections are served again.
+    #[test]
+    fn connections_beyond_the_limit_are_closed_at_once() {
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let sock = sockets.per_shard.into_iter().next().unwrap();
+        let addr = sock.local_addr().unwrap().as_socket().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let client_done = Arc::clone(&done);
+        let client = std::thread::spawn(move || {
+            let ask = |s: &mut std::net::TcpStream| {
+                s.write_all(b"GET /rtc/validate HTTP/1.1\r\n\r\n").unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out
+            };
+            let connect = || {
+                let s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s
+            };
+            let mut a = connect();
+            let mut b = connect();
+            // Let the server count both before the third arrives.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut c = connect();
+            let mut byte = [0u8; 1];
+            let third = c.read(&mut byte);
+            let held = (ask(&mut a), ask(&mut b));
+            drop((a, b));
+            std::thread::sleep(Duration::from_millis(200));
+            let after = ask(&mut connect());
+            client_done.store(true, Ordering::Relaxed);
+            (third.ok(), held, after)
+        });
+        LocalExecutorBuilder::default()
+            .make()
+            .unwrap()
+            .run(async move {
+                let front = Rc::new(Front::new(0, 1, KeyStore::dev()).with_limit(2));
+                let never: HandOver = Rc::new(|_, _| false);
+                let listener = into_glommio_listener(sock);
+                glommio::spawn_local(serve(front, never, listener)).detach();
+                while !done.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        let (third, (a, b), after) = client.join().unwrap();
+        assert_eq!(third, Some(0), "the connection over the limit is closed");
+        for answer in [a, b, after] {
+            assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+        }
     }
 }

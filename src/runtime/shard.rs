@@ -600,9 +600,12 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     glommio::spawn_local(sip_transport::idle_sweep(Rc::clone(&shard))).detach();
     if let (Some(s), Some(front)) = (livekit, &shard.livekit) {
         let listener = super::livekit_http::into_glommio_listener(s);
+        let mesh_of = Rc::clone(&shard);
+        let hand_over: super::livekit_http::HandOver =
+            Rc::new(move |to, msg| mesh_of.mesh_offer(to, msg));
         glommio::spawn_local(super::livekit_http::serve(
             Rc::clone(front),
-            Rc::clone(&shard),
+            hand_over,
             listener,
         ))
         .detach();
