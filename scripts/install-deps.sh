@@ -56,7 +56,7 @@ done
 # into a venv of its own (Debian's python3 is externally managed, PEP 668). The
 # version check makes a second run a no-op.
 LIVEKIT_PY_VERSION="1.2.1"
-venv="${SB_PYTHON_VENV:-$HOME/.cache/switchboard/python}"
+venv="${SB_PYTHON_VENV:-${HOME:?set HOME or SB_PYTHON_VENV}/.cache/switchboard/python}"
 python_sdk_present() {
     [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c \
         "import importlib.metadata as m, sys; from livekit import rtc; sys.exit(m.version('livekit') != '$LIVEKIT_PY_VERSION')" \
