@@ -30,5 +30,6 @@
 
 pub mod connect;
 pub mod ids;
+pub mod signal;
 pub mod sip_participant;
 pub mod token;
