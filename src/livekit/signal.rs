@@ -585,9 +585,29 @@ impl RoomSignal {
         }
     }
 
-    fn visible_count(&self) -> u32 {
-        let n = self.participants.values().filter(|p| !p.hidden()).count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+    /// `Room.num_participants` / `num_publishers`: visible ones only.
+    fn count_participants(&mut self) {
+        let visible = || self.participants.values().filter(|p| !p.hidden());
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let participants = count(visible().count());
+        let publishers = count(visible().filter(|p| !p.info.tracks.is_empty()).count());
+        self.room.num_participants = participants;
+        self.room.num_publishers = publishers;
+    }
+
+    /// The tracks `pid` may receive: others', of visible publishers.
+    fn tracks_for(&self, pid: &ParticipantSid) -> Vec<TrackSid> {
+        self.tracks
+            .iter()
+            .filter(|(_, t)| {
+                &t.publisher != pid
+                    && self
+                        .participants
+                        .get(&t.publisher)
+                        .is_some_and(|p| !p.hidden())
+            })
+            .map(|(sid, _)| sid.clone())
+            .collect()
     }
 
     /// An SDK's WebSocket joins: `admission` from `connect::admit`, `request`
@@ -739,20 +759,14 @@ impl RoomSignal {
                 auto_subscribe,
             },
         );
-        self.room.num_participants = self.visible_count();
+        self.count_participants();
 
         let response = self.join_response(&pid, generation);
         self.send(&pid, Resp::Join(response));
         self.announce(&pid, false);
         self.arm_ping_timer(&pid, now);
         if auto_subscribe && permission.can_subscribe {
-            let existing: Vec<TrackSid> = self
-                .tracks
-                .iter()
-                .filter(|(_, p)| p.publisher != pid)
-                .map(|(t, _)| t.clone())
-                .collect();
-            for track in existing {
+            for track in self.tracks_for(&pid) {
                 self.subscribe(&pid, &track);
             }
         }
@@ -901,7 +915,7 @@ impl RoomSignal {
                 auto_subscribe: true,
             },
         );
-        self.room.num_participants = self.visible_count();
+        self.count_participants();
         let track = self.publish(
             &pid,
             String::new(),
@@ -914,13 +928,7 @@ impl RoomSignal {
         );
         // `publish` announced the participant with its track (version 2).
         // It hears the room's mix: it subscribes to every other track.
-        let existing: Vec<TrackSid> = self
-            .tracks
-            .iter()
-            .filter(|(_, p)| p.publisher != pid)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for t in existing {
+        for t in self.tracks_for(&pid) {
             self.subscribe(&pid, &t);
         }
         Ok((pid, track))
@@ -1286,7 +1294,7 @@ impl RoomSignal {
         for publication in self.tracks.values_mut() {
             publication.subscribers.remove(pid);
         }
-        self.room.num_participants = self.visible_count();
+        self.count_participants();
         let had_socket = p.has_socket();
         if !p.hidden() {
             self.broadcast(
@@ -1348,17 +1356,56 @@ impl RoomSignal {
             p.info.is_publisher = true;
             p.bump();
         }
+        self.count_participants();
         self.announce(pid, false);
+        // A hidden publisher's tracks are forwarded to nobody: its
+        // subscribers would get media from a participant they never heard of.
+        let hidden = self.participants.get(pid).is_some_and(Participant::hidden);
         let auto: Vec<ParticipantSid> = self
             .participants
             .iter()
-            .filter(|(sid, p)| *sid != pid && p.auto_subscribe && p.permission().can_subscribe)
+            .filter(|(sid, p)| {
+                !hidden && *sid != pid && p.auto_subscribe && p.permission().can_subscribe
+            })
             .map(|(sid, _)| sid.clone())
             .collect();
         for subscriber in auto {
             self.subscribe(&subscriber, &sid);
         }
         sid
+    }
+
+    /// The publisher stopped `track` (the WebRTC layer saw its transceiver
+    /// stop or its sender removed in a renegotiation): `track_unpublished`
+    /// to the publisher, an update to the others, subscriptions dropped.
+    /// False when `pid` did not publish `track`.
+    pub fn unpublish_track(&mut self, pid: &ParticipantSid, track: &TrackSid) -> bool {
+        if self.tracks.get(track).is_none_or(|t| &t.publisher != pid) {
+            return false;
+        }
+        if let Some(publication) = self.tracks.remove(track) {
+            for subscriber in publication.subscribers {
+                self.out
+                    .push_back(SignalOutput::Media(MediaRequest::Unsubscribe {
+                        subscriber,
+                        track: track.clone(),
+                    }));
+            }
+        }
+        if let Some(p) = self.participants.get_mut(pid) {
+            p.info.tracks.retain(|t| t.sid != track.0);
+            p.info.is_publisher = !p.info.tracks.is_empty();
+            p.bump();
+        }
+        self.count_participants();
+        self.send(
+            pid,
+            Resp::TrackUnpublished(lk::TrackUnpublishedResponse {
+                track_sid: track.0.clone(),
+            }),
+        );
+        self.announce(pid, false);
+        true
     }
 
     fn add_track(&mut self, pid: &ParticipantSid, add: lk::AddTrackRequest, now: Instant) {
@@ -1545,7 +1592,13 @@ impl RoomSignal {
             .chain(u.participant_tracks.into_iter().flat_map(|t| t.track_sids));
         for sid in sids.take(self.config.max_participants * self.config.max_tracks) {
             let track = TrackSid(sid);
-            let known = self.tracks.get(&track).is_some_and(|t| &t.publisher != pid);
+            let known = self.tracks.get(&track).is_some_and(|t| {
+                &t.publisher != pid
+                    && self
+                        .participants
+                        .get(&t.publisher)
+                        .is_some_and(|p| !p.hidden())
+            });
             if !known {
                 self.send(
                     pid,

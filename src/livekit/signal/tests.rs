@@ -1075,6 +1075,181 @@ fn connection_lost_and_removal() {
     assert_eq!(out.last(), Some(&SignalOutput::RoomEmpty));
 }
 
+#[test]
+fn unpublish_drops_subscriptions_and_is_announced() {
+    let mut h = Harness::new();
+    let alice = h.joined("alice");
+    let bob = h.joined("bob");
+    h.req(&alice, audio_track("a"));
+    assert_eq!(h.room.room().num_publishers, 1);
+    let track = TrackSid(h.room.participant(&alice).unwrap().tracks[0].sid.clone());
+    assert!(!h.room.unpublish_track(&bob, &track), "not bob's");
+    assert!(h.room.unpublish_track(&alice, &track));
+    let out = h.drain();
+    assert!(
+        matches!(&sent_to(&out, &alice)[..], [Resp::TrackUnpublished(t)] if t.track_sid == track.as_str())
+    );
+    let up = updates_to(&out, &bob);
+    assert!(up[0].tracks.is_empty() && !up[0].is_publisher);
+    assert_eq!(
+        media(&out),
+        [MediaRequest::Unsubscribe {
+            subscriber: bob.clone(),
+            track: track.clone(),
+        }]
+    );
+    assert_eq!(h.room.publisher(&track), None);
+    assert_eq!(h.room.room().num_publishers, 0);
+}
+
+#[test]
+fn a_hidden_publishers_tracks_reach_nobody() {
+    let mut h = Harness::new();
+    let alice = h.joined("alice");
+    let rec = h.join(
+        "recorder",
+        VideoGrant {
+            hidden: true,
+            ..grant()
+        },
+        "",
+    );
+    h.drain();
+    let out = h.req(&rec, audio_track("r"));
+    assert!(media(&out).is_empty(), "alice is not auto-subscribed");
+    let track = h.room.participant(&rec).unwrap().tracks[0].sid.clone();
+    let out = h.req(
+        &alice,
+        Req::Subscription(lk::UpdateSubscription {
+            track_sids: vec![track],
+            subscribe: true,
+            participant_tracks: vec![],
+        }),
+    );
+    assert!(media(&out).is_empty());
+    assert!(matches!(
+        &sent_to(&out, &alice)[..],
+        [Resp::SubscriptionResponse(_)]
+    ));
+    // A later joiner is not subscribed either; the hidden one hears alice.
+    h.req(&alice, audio_track("a"));
+    let alice_track = TrackSid(h.room.participant(&alice).unwrap().tracks[0].sid.clone());
+    assert!(h.room.subscribers(&alice_track).any(|s| s == &rec));
+    let bob = h.join("bob", grant(), "");
+    let out = h.drain();
+    assert_eq!(
+        media(&out),
+        [MediaRequest::Subscribe {
+            subscriber: bob.clone(),
+            publisher: alice.clone(),
+            track: alice_track,
+        }]
+    );
+}
+
+/// Peer input never panics the room, whatever the bytes.
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_request() -> impl Strategy<Value = Req> {
+        prop_oneof![
+            any::<i64>().prop_map(Req::Ping),
+            (any::<i64>(), any::<i64>())
+                .prop_map(|(timestamp, rtt)| Req::PingReq(lk::Ping { timestamp, rtt })),
+            ("[a-z]{0,4}", 0i32..4, 0i32..6, any::<bool>()).prop_map(|(cid, t, source, muted)| {
+                Req::AddTrack(lk::AddTrackRequest {
+                    cid,
+                    r#type: t,
+                    source,
+                    muted,
+                    ..Default::default()
+                })
+            }),
+            ("TR_[a-zA-Z0-9]{0,12}", any::<bool>())
+                .prop_map(|(sid, muted)| Req::Mute(lk::MuteTrackRequest { sid, muted })),
+            (
+                "[a-z]{0,8}",
+                proptest::collection::hash_map("[a-z]{0,3}", "[a-z]{0,3}", 0..4)
+            )
+                .prop_map(|(metadata, attributes)| Req::UpdateMetadata(
+                    lk::UpdateParticipantMetadata {
+                        metadata,
+                        attributes,
+                        ..Default::default()
+                    }
+                )),
+            ("TR_[a-zA-Z0-9]{0,12}", any::<bool>()).prop_map(|(sid, subscribe)| {
+                Req::Subscription(lk::UpdateSubscription {
+                    track_sids: vec![sid],
+                    subscribe,
+                    participant_tracks: vec![],
+                })
+            }),
+            Just(Req::Leave(lk::LeaveRequest::default())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_frame_never_panics(frame in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut h = Harness::new();
+            let alice = h.joined("alice");
+            let bob = h.joined("bob");
+            let result = h.room.handle_request(&bob, &frame, h.now);
+            let out = h.drain();
+            // Whatever happened to bob, alice only ever hears of bob.
+            for p in updates_to(&out, &alice) {
+                prop_assert_eq!(p.sid.as_str(), bob.as_str());
+            }
+            if result.is_err() {
+                prop_assert!(h.room.participant(&bob).is_none());
+                prop_assert!(h.room.participant(&alice).is_some());
+            }
+        }
+
+        #[test]
+        fn any_join_request_value_never_panics(value in "[A-Za-z0-9_=%-]{0,200}") {
+            let mut h = Harness::new();
+            let req = ConnectRequest::parse(&format!("/rtc/v1?join_request={value}"), None).unwrap();
+            let _ = h.room.join(&admission("alice", grant()), &req, h.now);
+        }
+
+        #[test]
+        fn any_data_packet_never_panics(packet in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut h = Harness::new();
+            let alice = h.joined("alice");
+            h.joined("bob");
+            let _ = h.room.route_data(&alice, &packet, true);
+        }
+
+        /// Random request sequences: every version alice's watcher sees of
+        /// her grows strictly.
+        #[test]
+        fn versions_grow_under_any_request_sequence(
+            requests in proptest::collection::vec(valid_request(), 1..30)
+        ) {
+            let mut h = Harness::new();
+            let watcher = h.joined("watcher");
+            let alice = h.join("alice", VideoGrant { can_update_own_metadata: Some(true), ..grant() }, "");
+            let mut out = h.drain();
+            for r in requests {
+                if h.room.participant(&alice).is_none() {
+                    break;
+                }
+                h.room.handle_request(&alice, &request(r), h.now).unwrap();
+                out.extend(h.drain());
+            }
+            let versions: Vec<u32> = updates_to(&out, &watcher)
+                .iter()
+                .filter(|p| p.sid == alice.as_str())
+                .map(|p| p.version)
+                .collect();
+            prop_assert!(versions.windows(2).all(|w| w[0] < w[1]), "{:?}", versions);
+        }
+    }
+}
+
 mod data_routing {
     use super::*;
 
