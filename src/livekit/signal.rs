@@ -325,6 +325,8 @@ pub struct RoomSignal {
     /// Who was last reported speaking, and how loud.
     speakers: BTreeMap<ParticipantSid, f32>,
     out: VecDeque<SignalOutput>,
+    /// The last participant left during this input (see `poll_output`).
+    empty_pending: bool,
     rng: SmallRng,
     /// The wall-clock anchor: `created_unix_ms` is the time at `created_at`.
     created_at: Instant,
@@ -407,6 +409,7 @@ impl RoomSignal {
             timers: BTreeMap::new(),
             speakers: BTreeMap::new(),
             out: VecDeque::new(),
+            empty_pending: false,
             rng,
             created_at: now,
             created_unix_ms,
@@ -470,9 +473,14 @@ impl RoomSignal {
         self.tracks.get(track).map(|p| &p.publisher)
     }
 
-    /// Next thing to do, in order.
+    /// Next thing to do, in order. [`SignalOutput::RoomEmpty`] comes last,
+    /// and only when the room is still empty once everything else is out.
     pub fn poll_output(&mut self) -> Option<SignalOutput> {
-        self.out.pop_front()
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        let empty = std::mem::take(&mut self.empty_pending) && self.participants.is_empty();
+        empty.then_some(SignalOutput::RoomEmpty)
     }
 
     /// When [`RoomSignal::handle_timeout`] is next due.
@@ -1315,9 +1323,9 @@ impl RoomSignal {
                 pid: pid.clone(),
                 reason,
             }));
-        if self.participants.is_empty() {
-            self.out.push_back(SignalOutput::RoomEmpty);
-        }
+        // Reported once the queue drains, and only if still empty then: a
+        // duplicate identity replaces the last participant in one input.
+        self.empty_pending = self.participants.is_empty();
     }
 
     /// Publish a track for `pid` (already checked): `TR_` sid, audio,

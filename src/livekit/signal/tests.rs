@@ -537,6 +537,18 @@ fn duplicate_identity_replaces_the_old_session() {
     let j = join_response(&out, &new);
     assert_eq!(j.other_participants.len(), 1, "only bob, not the old alice");
     assert_eq!(h.room.find_identity("alice"), Some(&new));
+    assert!(!out.contains(&SignalOutput::RoomEmpty));
+    // Alone in the room and replaced: the room never looks empty.
+    let mut h = Harness::new();
+    let first = h.joined("solo");
+    let second = h.join("solo", grant(), "");
+    let out = h.drain();
+    assert_ne!(first, second);
+    assert!(out.contains(&SignalOutput::Close {
+        pid: first,
+        reason: lk::DisconnectReason::DuplicateIdentity,
+    }));
+    assert!(!out.contains(&SignalOutput::RoomEmpty), "{out:?}");
 }
 
 #[test]
