@@ -932,6 +932,7 @@ impl RoomSignal {
                 source: lk::TrackSource::Microphone as i32,
                 ..Default::default()
             },
+            false,
             now,
         );
         // `publish` announced the participant with its track (version 2).
@@ -1329,12 +1330,15 @@ impl RoomSignal {
     }
 
     /// Publish a track for `pid` (already checked): `TR_` sid, audio,
-    /// Opus; the others see it in an update and auto-subscribers get it.
+    /// Opus. With `reply`, the publisher gets `track_published` first (its
+    /// SDK waits for it, keyed by `cid`); then everyone sees the update
+    /// (livekit-server includes the publisher) and auto-subscribers get it.
     fn publish(
         &mut self,
         pid: &ParticipantSid,
         cid: String,
         mut track: lk::TrackInfo,
+        reply: bool,
         now: Instant,
     ) -> TrackSid {
         let sid = loop {
@@ -1355,17 +1359,26 @@ impl RoomSignal {
             sid.clone(),
             Publication {
                 publisher: pid.clone(),
-                cid,
+                cid: cid.clone(),
                 subscribers: BTreeSet::new(),
             },
         );
+        if reply {
+            self.send(
+                pid,
+                Resp::TrackPublished(lk::TrackPublishedResponse {
+                    cid,
+                    track: Some(track.clone()),
+                }),
+            );
+        }
         if let Some(p) = self.participants.get_mut(pid) {
             p.info.tracks.push(track);
             p.info.is_publisher = true;
             p.bump();
         }
         self.count_participants();
-        self.announce(pid, false);
+        self.announce(pid, true);
         // A hidden publisher's tracks are forwarded to nobody: its
         // subscribers would get media from a participant they never heard of.
         let hidden = self.participants.get(pid).is_some_and(Participant::hidden);
@@ -1412,7 +1425,7 @@ impl RoomSignal {
                 track_sid: track.0.clone(),
             }),
         );
-        self.announce(pid, false);
+        self.announce(pid, true);
         true
     }
 
@@ -1484,17 +1497,8 @@ impl RoomSignal {
             audio_features: add.audio_features,
             ..Default::default()
         };
-        let cid = add.cid;
-        let sid = self.publish(pid, cid.clone(), info, now);
-        let track = self
-            .participants
-            .get(pid)
-            .and_then(|p| p.info.tracks.iter().find(|t| t.sid == sid.0).cloned());
+        let sid = self.publish(pid, add.cid, info, true, now);
         tracing::debug!(room = %self.room.name, %pid, track = %sid, "track published");
-        self.send(
-            pid,
-            Resp::TrackPublished(lk::TrackPublishedResponse { cid, track }),
-        );
     }
 
     fn mute(&mut self, pid: &ParticipantSid, m: lk::MuteTrackRequest) {
@@ -1517,7 +1521,7 @@ impl RoomSignal {
         }
         track.muted = m.muted;
         p.bump();
-        self.announce(pid, false);
+        self.announce(pid, true);
         self.out
             .push_back(SignalOutput::Media(MediaRequest::TrackMuted {
                 pid: pid.clone(),
