@@ -104,6 +104,15 @@ pub struct SignalConfig {
     pub node_id: String,
     /// Largest signal frame accepted (an SDP offer is ~5-15 KiB).
     pub max_frame: usize,
+    /// v0 (`/rtc`) `subscriber_primary`. livekit-server sets it for a client
+    /// that may subscribe: the server must then offer on the subscriber PC
+    /// at once and the client waits for that PC. Off (the default), a v0
+    /// client offers its publisher PC first (data channels included) exactly
+    /// as v1 does, and the subscriber PC is only offered when there is
+    /// something to receive: one first step for both generations.
+    pub v0_subscriber_primary: bool,
+    /// How long a participant whose WebSocket dropped may resume.
+    pub reconnect_grace: Duration,
     /// Participants in the room, hidden ones included.
     pub max_participants: usize,
     /// Tracks one participant may publish.
@@ -122,6 +131,8 @@ impl Default for SignalConfig {
             server_version: "1.9.0".to_owned(),
             protocol: 16,
             node_id: String::new(),
+            v0_subscriber_primary: false,
+            reconnect_grace: Duration::from_secs(10),
             max_frame: 256 * 1024,
             max_participants: 256,
             max_tracks: 8,
@@ -269,13 +280,20 @@ pub enum SignalError {
 enum Timer {
     /// The client has been silent for `ping_timeout`: close it.
     PingTimeout(ParticipantSid),
+    /// The WebSocket dropped `reconnect_grace` ago and the SDK has not
+    /// resumed: the participant leaves.
+    ReconnectGrace(ParticipantSid),
 }
 
 /// How a participant reaches the room.
 #[derive(Clone, Debug)]
 enum Link {
-    /// An SDK over WebSocket.
-    Signal { generation: Generation },
+    /// An SDK over WebSocket; `connected` is false between a dropped
+    /// socket and the SDK's resume (or the grace period's end).
+    Signal {
+        generation: Generation,
+        connected: bool,
+    },
     /// A phone caller, joined by the SIP side (no socket of its own).
     Sip(Box<SipParticipant>),
 }
@@ -296,8 +314,15 @@ impl Participant {
         self.info.permission.clone().unwrap_or_default()
     }
 
+    /// Whether its WebSocket is up (frames can be sent to it).
     fn has_socket(&self) -> bool {
-        matches!(self.link, Link::Signal { .. })
+        matches!(
+            self.link,
+            Link::Signal {
+                connected: true,
+                ..
+            }
+        )
     }
 
     /// A change others must see: the version only grows (LIVEKIT-NOTES;
@@ -463,7 +488,7 @@ impl RoomSignal {
     /// SIP participant or an unknown sid.
     pub fn generation(&self, pid: &ParticipantSid) -> Option<Generation> {
         match self.participants.get(pid)?.link {
-            Link::Signal { generation } => Some(generation),
+            Link::Signal { generation, .. } => Some(generation),
             Link::Sip(_) => None,
         }
     }
@@ -502,6 +527,10 @@ impl RoomSignal {
                 Timer::PingTimeout(pid) => {
                     tracing::info!(room = %self.room.name, %pid, "signal ping timeout");
                     self.remove(&pid, lk::DisconnectReason::ConnectionTimeout, true);
+                }
+                Timer::ReconnectGrace(pid) => {
+                    tracing::info!(room = %self.room.name, %pid, "no resume within the grace period");
+                    self.remove(&pid, lk::DisconnectReason::SignalClose, false);
                 }
             }
         }
@@ -763,7 +792,10 @@ impl RoomSignal {
             pid.clone(),
             Participant {
                 info,
-                link: Link::Signal { generation },
+                link: Link::Signal {
+                    generation,
+                    connected: true,
+                },
                 auto_subscribe,
             },
         );
@@ -817,10 +849,11 @@ impl RoomSignal {
             participant: Some(me.info.clone()),
             other_participants: others,
             server_version: self.config.server_version.clone(),
-            // v0: livekit-server makes the subscriber PC primary for a
-            // client that may subscribe (the server offers on it first);
-            // v1 has one PC and the client always offers.
-            subscriber_primary: generation == Generation::V0 && me.permission().can_subscribe,
+            // v1 has one PC and the client always offers. v0: see
+            // `SignalConfig::v0_subscriber_primary`.
+            subscriber_primary: generation == Generation::V0
+                && self.config.v0_subscriber_primary
+                && me.permission().can_subscribe,
             ping_timeout: secs(self.config.ping_timeout),
             ping_interval: secs(self.config.ping_interval),
             server_info: Some(self.server_info()),
@@ -839,16 +872,37 @@ impl RoomSignal {
         now: Instant,
     ) -> Result<ParticipantSid, JoinRefusal> {
         let pid = ParticipantSid(join.participant_sid.clone());
-        match self.participants.get(&pid) {
-            Some(p) if p.info.identity == admission.identity && p.has_socket() => {}
+        // The same identity, over a socket (connected still when we have
+        // not noticed the old one die: the new socket replaces it).
+        match self.participants.get_mut(&pid) {
+            Some(Participant {
+                info,
+                link: Link::Signal { connected, .. },
+                ..
+            }) if info.identity == admission.identity => *connected = true,
             _ => return Err(JoinRefusal::StateMismatch(join.participant_sid)),
         }
+        self.timers.remove(&Timer::ReconnectGrace(pid.clone()));
         tracing::info!(room = %self.room.name, %pid, "participant resumes");
         self.send(
             &pid,
             Resp::Reconnect(lk::ReconnectResponse {
                 server_info: Some(self.server_info()),
                 ..Default::default()
+            }),
+        );
+        // What it may have missed: everyone as they are now (livekit-server
+        // sends the same on resume).
+        let everyone = self
+            .participants
+            .iter()
+            .filter(|(sid, p)| **sid == pid || !p.hidden())
+            .map(|(_, p)| p.info.clone())
+            .collect();
+        self.send(
+            &pid,
+            Resp::Update(lk::ParticipantUpdate {
+                participants: everyone,
             }),
         );
         self.arm_ping_timer(&pid, now);
@@ -1239,16 +1293,29 @@ impl RoomSignal {
         Ok(())
     }
 
-    /// The WebSocket of `pid` is gone (closed or broken): the participant
-    /// leaves (no reconnect grace period yet).
-    pub fn connection_lost(&mut self, pid: &ParticipantSid) {
-        if self
-            .participants
-            .get(pid)
-            .is_some_and(Participant::has_socket)
-        {
-            self.remove(pid, lk::DisconnectReason::SignalClose, false);
+    /// The WebSocket of `pid` is gone (closed or broken). The SDKs resume
+    /// after a network change (`reconnect=1&sid=...`), so the participant
+    /// stays, unannounced, for [`SignalConfig::reconnect_grace`]; frames
+    /// for it meanwhile are dropped (the SDK syncs its state on resume).
+    pub fn connection_lost(&mut self, pid: &ParticipantSid, now: Instant) {
+        let grace = self.config.reconnect_grace;
+        let Some(p) = self.participants.get_mut(pid) else {
+            return;
+        };
+        let Link::Signal { connected, .. } = &mut p.link else {
+            return;
+        };
+        if !*connected {
+            return;
         }
+        if grace.is_zero() {
+            self.remove(pid, lk::DisconnectReason::SignalClose, false);
+            return;
+        }
+        *connected = false;
+        self.timers.remove(&Timer::PingTimeout(pid.clone()));
+        self.timers
+            .insert(Timer::ReconnectGrace(pid.clone()), now + grace);
     }
 
     /// Remove a participant from the room (RoomService `RemoveParticipant`,
@@ -1278,6 +1345,7 @@ impl RoomSignal {
             return;
         };
         self.timers.remove(&Timer::PingTimeout(pid.clone()));
+        self.timers.remove(&Timer::ReconnectGrace(pid.clone()));
         self.speakers.remove(pid);
         p.info.state = lk::participant_info::State::Disconnected as i32;
         p.info.disconnect_reason = reason as i32;

@@ -194,7 +194,7 @@ fn two_participants_join_and_each_sees_the_other() {
     assert!(!si.version.is_empty() && si.version == j.server_version);
     assert_eq!(si.protocol, 16);
     assert_eq!((j.ping_interval, j.ping_timeout), (5, 15));
-    assert!(j.subscriber_primary, "v0 subscriber PC is primary");
+    assert!(!j.subscriber_primary, "v0: the client offers first too");
     assert_eq!(h.room.generation(&alice), Some(Generation::V0));
 
     // Bob on v1 (the Python SDK's way) sees alice; alice sees bob.
@@ -227,6 +227,27 @@ fn two_participants_join_and_each_sees_the_other() {
         sent_to(&out, &bob).len(),
         1,
         "bob gets only his JoinResponse"
+    );
+}
+
+#[test]
+fn v0_subscriber_primary_when_configured() {
+    let mut h = Harness::new();
+    h.room.config.v0_subscriber_primary = true;
+    let alice = h.join("alice", grant(), "");
+    let bob = h.join(
+        "bob",
+        VideoGrant {
+            can_subscribe: Some(false),
+            ..grant()
+        },
+        "",
+    );
+    let out = h.drain();
+    assert!(join_response(&out, &alice).subscriber_primary);
+    assert!(
+        !join_response(&out, &bob).subscriber_primary,
+        "nothing to subscribe"
     );
 }
 
@@ -1039,7 +1060,9 @@ fn resume_with_the_sid_gets_a_reconnect_response() {
         .unwrap();
     assert_eq!(again, alice);
     let out = h.drain();
-    assert!(matches!(&sent_to(&out, &alice)[..], [Resp::Reconnect(r)] if r.server_info.is_some()));
+    assert!(
+        matches!(&sent_to(&out, &alice)[..], [Resp::Reconnect(r), Resp::Update(_)] if r.server_info.is_some())
+    );
     let err = h
         .room
         .join(
@@ -1059,11 +1082,70 @@ fn resume_with_the_sid_gets_a_reconnect_response() {
 }
 
 #[test]
-fn connection_lost_and_removal() {
+fn a_dropped_socket_may_resume_within_the_grace_period() {
     let mut h = Harness::new();
     let alice = h.joined("alice");
     let bob = h.joined("bob");
-    h.room.connection_lost(&bob);
+    h.room.connection_lost(&bob, h.now);
+    assert!(h.drain().is_empty(), "nobody is told yet");
+    assert_eq!(h.room.poll_timeout(), Some(h.now + Duration::from_secs(10)));
+    // While away, frames for bob are dropped and his requests refused.
+    h.req(&alice, audio_track("a"));
+    assert!(matches!(
+        h.room.handle_request(&bob, &request(Req::Ping(1)), h.now),
+        Err(SignalError::UnknownParticipant(_))
+    ));
+    h.advance(Duration::from_secs(9));
+    let again = h
+        .room
+        .join(
+            &admission("bob", grant()),
+            &v0(&format!("reconnect=1&sid={bob}")),
+            h.now,
+        )
+        .unwrap();
+    assert_eq!(again, bob);
+    let out = h.drain();
+    match &sent_to(&out, &bob)[..] {
+        [Resp::Reconnect(_), Resp::Update(u)] => {
+            let alice_now = u
+                .participants
+                .iter()
+                .find(|p| p.sid == alice.as_str())
+                .unwrap();
+            assert_eq!(alice_now.tracks.len(), 1, "what he missed");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sent_to(&out, &alice).is_empty());
+    // The grace timer is gone; the ping timer is back.
+    h.advance(Duration::from_secs(2));
+    h.room.handle_timeout(h.now);
+    assert!(h.room.participant(&bob).is_some());
+    // Dropped again, and this time it does not come back (alice keeps
+    // pinging).
+    h.req(&alice, Req::Ping(0));
+    h.room.connection_lost(&bob, h.now);
+    h.advance(Duration::from_secs(10));
+    h.room.handle_timeout(h.now);
+    assert!(h.room.participant(&alice).is_some());
+    let out = h.drain();
+    let up = updates_to(&out, &alice);
+    assert_eq!(up[0].sid, bob.as_str());
+    assert_eq!(up[0].disconnect_reason(), lk::DisconnectReason::SignalClose);
+    assert!(
+        !out.iter().any(|o| matches!(o, SignalOutput::Close { .. })),
+        "the socket is already gone"
+    );
+}
+
+#[test]
+fn connection_lost_and_removal() {
+    let mut h = Harness::new();
+    h.room.config.reconnect_grace = Duration::ZERO;
+    let alice = h.joined("alice");
+    let bob = h.joined("bob");
+    h.room.connection_lost(&bob, h.now);
     let out = h.drain();
     assert!(
         !out.iter().any(|o| matches!(o, SignalOutput::Close { .. })),
