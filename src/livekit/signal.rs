@@ -366,6 +366,26 @@ fn encode(message: Resp) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The `SignalRequest` field name of a request this room ignores (logs).
+fn ignored_name(request: &Req) -> &'static str {
+    #[allow(deprecated)]
+    match request {
+        Req::TrackSetting(_) => "track_setting",
+        Req::UpdateLayers(_) => "update_layers",
+        Req::SubscriptionPermission(_) => "subscription_permission",
+        Req::SyncState(_) => "sync_state",
+        Req::Simulate(_) => "simulate",
+        Req::UpdateAudioTrack(_) => "update_audio_track",
+        Req::UpdateVideoTrack(_) => "update_video_track",
+        Req::PublishDataTrackRequest(_) => "publish_data_track_request",
+        Req::UnpublishDataTrackRequest(_) => "unpublish_data_track_request",
+        Req::UpdateDataSubscription(_) => "update_data_subscription",
+        Req::StoreDataBlobRequest(_) => "store_data_blob_request",
+        Req::GetDataBlobRequest(_) => "get_data_blob_request",
+        _ => "other",
+    }
+}
+
 /// `TrackSource` of LiveKit's lower-case source names in grants.
 fn source_of_name(name: &str) -> Option<lk::TrackSource> {
     match name.to_ascii_lowercase().as_str() {
@@ -1273,20 +1293,16 @@ impl RoomSignal {
             Req::Subscription(s) => self.update_subscription(pid, s),
             Req::UpdateMetadata(u) => self.update_metadata(pid, u),
             Req::Leave(l) => {
-                let reason = match lk::DisconnectReason::try_from(l.reason) {
-                    Ok(lk::DisconnectReason::UnknownReason) | Err(_) => {
-                        lk::DisconnectReason::ClientInitiated
-                    }
-                    Ok(r) => r,
-                };
-                tracing::info!(room = %self.room.name, %pid, ?reason, "participant leaves");
-                self.remove(pid, reason, true);
+                // The others are told CLIENT_INITIATED whatever reason the
+                // client gives (it could claim DUPLICATE_IDENTITY, say).
+                tracing::info!(room = %self.room.name, %pid, client_reason = l.reason, "participant leaves");
+                self.remove(pid, lk::DisconnectReason::ClientInitiated, true);
             }
             other => {
                 // Video layers, track settings, subscription permissions,
                 // sync state, simulations, data tracks, blobs: nothing to do
                 // for an audio-only room (yet).
-                tracing::debug!(room = %self.room.name, %pid, request = ?std::mem::discriminant(&other),
+                tracing::debug!(room = %self.room.name, %pid, request = ignored_name(&other),
                     "signal request ignored");
             }
         }

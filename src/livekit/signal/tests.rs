@@ -462,7 +462,18 @@ fn leave_sends_disconnected_and_the_last_one_empties_the_room() {
         h.room.handle_request(&bob, &request(Req::Ping(1)), h.now),
         Err(SignalError::UnknownParticipant(_))
     ));
-    let out = h.req(&alice, Req::Leave(lk::LeaveRequest::default()));
+    // A client cannot choose the reason the others are told.
+    let out = h.req(
+        &alice,
+        Req::Leave(lk::LeaveRequest {
+            reason: lk::DisconnectReason::DuplicateIdentity as i32,
+            ..Default::default()
+        }),
+    );
+    assert!(out.contains(&SignalOutput::Close {
+        pid: alice.clone(),
+        reason: lk::DisconnectReason::ClientInitiated,
+    }));
     assert_eq!(out.last(), Some(&SignalOutput::RoomEmpty));
 }
 
