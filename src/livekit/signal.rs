@@ -1052,6 +1052,44 @@ impl RoomSignal {
         self.announce(pid, true);
     }
 
+    /// Mute or unmute a published track from the server side (RoomService
+    /// `MutePublishedTrack`): the publisher's SDK is told with a `mute`
+    /// (it then mutes its sender), the room sees the update. False when
+    /// `pid` did not publish `track` or nothing changed.
+    pub fn mute_published_track(
+        &mut self,
+        pid: &ParticipantSid,
+        track: &TrackSid,
+        muted: bool,
+    ) -> bool {
+        let Some(p) = self.participants.get_mut(pid) else {
+            return false;
+        };
+        let Some(info) = p.info.tracks.iter_mut().find(|t| t.sid == track.0) else {
+            return false;
+        };
+        if info.muted == muted {
+            return false;
+        }
+        info.muted = muted;
+        p.bump();
+        self.send(
+            pid,
+            Resp::Mute(lk::MuteTrackRequest {
+                sid: track.0.clone(),
+                muted,
+            }),
+        );
+        self.announce(pid, true);
+        self.out
+            .push_back(SignalOutput::Media(MediaRequest::TrackMuted {
+                pid: pid.clone(),
+                track: track.clone(),
+                muted,
+            }));
+        true
+    }
+
     /// Room metadata changed (RoomService): `room_update` to everyone.
     pub fn set_room_metadata(&mut self, metadata: &str) {
         if self.room.metadata == metadata {

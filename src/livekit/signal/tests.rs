@@ -777,6 +777,35 @@ fn mute_is_announced_and_told_to_the_media_layer() {
 }
 
 #[test]
+fn the_server_can_mute_a_published_track() {
+    let mut h = Harness::new();
+    let alice = h.joined("alice");
+    let bob = h.joined("bob");
+    h.req(&alice, audio_track("a"));
+    let track = TrackSid(h.room.participant(&alice).unwrap().tracks[0].sid.clone());
+    assert!(
+        !h.room.mute_published_track(&bob, &track, true),
+        "not bob's"
+    );
+    assert!(h.room.mute_published_track(&alice, &track, true));
+    assert!(
+        !h.room.mute_published_track(&alice, &track, true),
+        "no change"
+    );
+    let out = h.drain();
+    match &sent_to(&out, &alice)[..] {
+        [Resp::Mute(m), Resp::Update(_)] => assert!(m.muted && m.sid == track.as_str()),
+        other => panic!("{other:?}"),
+    }
+    assert!(updates_to(&out, &bob)[0].tracks[0].muted);
+    assert!(media(&out).contains(&MediaRequest::TrackMuted {
+        pid: alice.clone(),
+        track,
+        muted: true,
+    }));
+}
+
+#[test]
 fn metadata_and_attributes_need_permission() {
     let mut h = Harness::new();
     let bob = h.joined("bob");
