@@ -856,7 +856,10 @@ impl RoomSignal {
     }
 
     fn join_response(&self, pid: &ParticipantSid, generation: Generation) -> lk::JoinResponse {
-        let me = &self.participants[pid];
+        let me = self
+            .participants
+            .get(pid)
+            .expect("join_response is built right after the participant is inserted");
         let others = self
             .participants
             .iter()

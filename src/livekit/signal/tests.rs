@@ -1441,6 +1441,26 @@ mod data_routing {
             .route_data(&alice, &user_packet(&["nobody"], "t"), true)
             .unwrap();
         assert!(r.to.is_empty());
+        // Older SDKs address the deprecated UserPacket fields.
+        #[allow(deprecated)]
+        let old_style = lk::DataPacket {
+            value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                payload: b"x".to_vec(),
+                destination_sids: vec![bob.as_str().to_owned()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let r = h.room.route_data(&carol, &old_style, true).unwrap();
+        assert_eq!(r.to, std::slice::from_ref(&bob));
+        let dp = lk::DataPacket::decode(r.packet.as_slice()).unwrap();
+        #[allow(deprecated)]
+        let sender = match dp.value {
+            Some(lk::data_packet::Value::User(u)) => u.participant_identity,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sender, "carol");
     }
 
     #[test]
