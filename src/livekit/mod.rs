@@ -34,5 +34,6 @@
 pub mod connect;
 pub mod http;
 pub mod ids;
+pub mod signal;
 pub mod sip_participant;
 pub mod token;
