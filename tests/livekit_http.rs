@@ -270,8 +270,8 @@ fn validate_preflight_refusals_and_the_websocket_upgrade() {
     );
     assert_eq!(r.header("upgrade"), None);
 
-    // A good one is upgraded; then, until the signal session exists, the
-    // server closes with a WebSocket close frame that says why.
+    // A good one is upgraded; a v1 connection without its `join_request`
+    // cannot join, and the room says so in a close frame (1008, RFC 6455 s7.4.1).
     let raw = upgrade_exchange(addr, &upgrade_request(addr, "/rtc/v1", &good));
     let r = Http::parse(&raw);
     assert_eq!(r.status, 101, "{}", String::from_utf8_lossy(&raw));
@@ -284,9 +284,9 @@ fn validate_preflight_refusals_and_the_websocket_upgrade() {
     assert_eq!(frame[0], 0x88, "FIN + opcode 8 (close), RFC 6455 s5.5.1");
     let len = usize::from(frame[1] & 0x7f);
     assert_eq!(frame[1] & 0x80, 0, "server frames are not masked");
-    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1011);
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1008);
     let reason = String::from_utf8_lossy(&frame[4..2 + len]);
-    assert!(reason.contains("not implemented"), "{reason}");
+    assert!(reason.contains("join_request"), "{reason}");
     assert!(
         !lk.server
             .log_lines_with(&["LiveKit signal connection admitted", "call-1"])
@@ -451,4 +451,183 @@ fn python_sdk_connect_fails_with_the_401_message() {
         assert!(got["seconds"].as_f64().unwrap_or(99.0) < 10.0, "{got}");
     }
     lk.server.stop();
+}
+
+/// A trunk for any number and the callee rule, for a SIP call into `call-<n>`.
+const TRUNK_AND_RULE: &str = r#"
+[[trunks]]
+id = "ST_open"
+
+[[dispatch_rules]]
+id = "SDR_callee"
+type = "callee"
+room_prefix = "call-"
+"#;
+
+/// A raw WebSocket client, enough to read server frames (RFC 6455 s5.2:
+/// server frames are unmasked) and send masked binary ones.
+struct WsClient {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl WsClient {
+    /// Upgrade with `request`; panics unless the answer is 101.
+    fn open(addr: SocketAddr, request: &str) -> WsClient {
+        let mut s = TcpStream::connect(addr).expect("connect to the LiveKit port");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut c = WsClient { s, buf: Vec::new() };
+        let end = loop {
+            if let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            c.fill();
+        };
+        let head = String::from_utf8_lossy(&c.buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        c.buf.drain(..end);
+        c
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        match self.s.read(&mut chunk) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("read from the LiveKit port: {e}"),
+        }
+    }
+
+    /// The next frame: (opcode, payload).
+    fn frame(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 2 {
+                let op = self.buf[0] & 0x0f;
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => (
+                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+                        4,
+                    ),
+                    127 if self.buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    n @ 0..=125 => (usize::from(n), 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return (op, payload);
+                }
+            }
+            self.fill();
+        }
+    }
+
+    /// The next `SignalResponse` (binary frame), skipping pings.
+    fn response(&mut self) -> livekit_protocol::SignalResponse {
+        use prost::Message as _;
+        loop {
+            let (op, payload) = self.frame();
+            match op {
+                2 => {
+                    return livekit_protocol::SignalResponse::decode(payload.as_slice())
+                        .expect("a SignalResponse")
+                }
+                9 | 10 => continue,
+                8 => panic!(
+                    "closed by the server: {:?}",
+                    String::from_utf8_lossy(&payload)
+                ),
+                _ => panic!("unexpected opcode {op}"),
+            }
+        }
+    }
+}
+
+/// The phone caller in a room, as a LiveKit signal client sees it: a sipp call
+/// into `call-+15550100` (callee rule) and a v0 WebSocket joining that room
+/// get a JoinResponse listing the caller as a participant of kind SIP with its
+/// identity and `sip.*` attributes; when sipp hangs up, an update says the
+/// caller disconnected. (A signal-level check of our wiring: SDK compatibility
+/// needs the WebRTC side, which is not wired yet.)
+#[test]
+fn a_signal_client_sees_the_phone_caller_as_a_sip_participant() {
+    use livekit_protocol::{participant_info, signal_response};
+    let Some(sipp) = common::sipp_or_skip("lk_sees_sip") else {
+        return;
+    };
+    let scratch = Scratch::new("lk_sees_sip");
+    let ports = Ports::alloc(8);
+    let lk_port = alloc_ports(1, true);
+    let cfg = format!(
+        "{}{TRUNK_AND_RULE}",
+        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
+    );
+    let server = Server::start(&scratch, &cfg, &ports);
+    let addr = SocketAddr::from(([127, 0, 0, 1], lk_port));
+    let call = common::Sipp::new(common::Scenario::file("uac_call.xml"))
+        .called("+15550100")
+        .pause_ms(4000)
+        .timeout(Duration::from_secs(30))
+        .spawn(&sipp, &scratch, &ports, "uac_call");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server
+        .log_lines_with(&["SIP caller joined the LiveKit room"])
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never joined the room"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let good = token("call-+15550100", b"secret", now_unix() - 5);
+    let mut ws = WsClient::open(
+        addr,
+        &upgrade_request(addr, "/rtc?auto_subscribe=1&protocol=16", &good),
+    );
+    let join = match ws.response().message {
+        Some(signal_response::Message::Join(j)) => j,
+        other => panic!("the first response must be the join: {other:?}"),
+    };
+    assert_eq!(
+        join.room.as_ref().map(|r| r.name.as_str()),
+        Some("call-+15550100")
+    );
+    assert_eq!(
+        join.participant.as_ref().map(|p| p.identity.as_str()),
+        Some("alice")
+    );
+    let caller = join
+        .other_participants
+        .iter()
+        .find(|p| p.kind == participant_info::Kind::Sip as i32)
+        .unwrap_or_else(|| panic!("a SIP participant in {:?}", join.other_participants));
+    assert_eq!(caller.identity, "sip_+15550001");
+    assert_eq!(caller.name, "Phone +15550001");
+    let attr = |k: &str| caller.attributes.get(k).map(String::as_str);
+    assert_eq!(attr("sip.phoneNumber"), Some("+15550001"));
+    assert_eq!(attr("sip.trunkID"), Some("ST_open"));
+    assert_eq!(attr("sip.ruleID"), Some("SDR_callee"));
+    assert_eq!(attr("sip.callStatus"), Some("active"));
+
+    // sipp hangs up after its pause: the caller leaves the room.
+    let left = loop {
+        if let Some(signal_response::Message::Update(u)) = ws.response().message {
+            let gone = u.participants.iter().find(|p| {
+                p.sid == caller.sid && p.state == participant_info::State::Disconnected as i32
+            });
+            if let Some(p) = gone {
+                break p.clone();
+            }
+        }
+    };
+    assert!(left.version > caller.version, "versions only grow");
+    call.wait().assert_all_succeeded(&server, 1);
+    server.stop();
 }

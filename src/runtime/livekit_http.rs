@@ -28,12 +28,13 @@
 //! the mesh link is full or gone, A answers 503 (logged, rate-limited): the
 //! SDKs retry.
 //!
-//! Signal session: not written yet (`livekit::signal`, another change). An
-//! admitted connection is upgraded and then closed at once with close code
-//! 1011 and the reason [`NO_SESSION_REASON`], so a client sees an honest
-//! "not there yet" instead of a hang.
+//! Signal session: an admitted connection joins its room's `RoomSignal`
+//! through `runtime::signal_rooms` (which also seats the shard's SIP callers
+//! in those rooms); a join the room refuses is closed with 1008 and the reason.
+//! The WebRTC side is not wired yet, so an SDK gets its JoinResponse and sees
+//! the room's participants, but its PeerConnection never comes up.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -54,6 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::mesh::ShardMsg;
 use super::shard::LogLimiter;
+use super::signal_rooms::{Notify, SignalRooms};
 use crate::livekit::http::{parse_head, route, Reply, Upgrade};
 use crate::livekit::token::KeyStore;
 use crate::sip::endpoint::room_shard;
@@ -127,6 +129,8 @@ pub struct Front {
     open: Cell<usize>,
     max_conns: usize,
     log: LogLimiter,
+    /// The shard's LiveKit rooms (signal side), shared with the SIP side.
+    pub rooms: Rc<RefCell<SignalRooms>>,
 }
 
 /// How an admitted connection reaches another shard: the shard's mesh
@@ -142,6 +146,7 @@ impl Front {
             open: Cell::new(0),
             max_conns: MAX_CONNS_PER_SHARD,
             log: LogLimiter::default(),
+            rooms: Rc::new(RefCell::new(SignalRooms::new(shard, rand::random()))),
         }
     }
 
@@ -199,8 +204,9 @@ pub fn adopt(front: &Rc<Front>, h: Handoff) {
     if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
         debug!(peer = ?h.peer, error = %e, "write timeout not set");
     }
+    let front_rooms = Rc::clone(&front.rooms);
     glommio::spawn_local(async move {
-        upgraded(stream, h.prefix, &h.upgrade, h.peer).await;
+        upgraded(&front_rooms, stream, h.prefix, &h.upgrade, h.peer).await;
         drop(slot);
     })
     .detach();
@@ -296,14 +302,14 @@ async fn connection(
                 owner, "LiveKit signal connection admitted");
             let prefix = buf[len..].to_vec();
             if owner == front.shard {
-                return upgraded(stream, prefix, &up, peer).await;
+                return upgraded(&front.rooms, stream, prefix, &up, peer).await;
             }
             // SAFETY: dup(2) of the fd this stream owns and keeps open for
             // the call; the new fd, if any, is owned by `OwnedFd` alone.
             let dup = unsafe { libc::dup(stream.as_raw_fd()) };
             if dup < 0 {
                 warn!(?peer, error = %io::Error::last_os_error(), "dup failed; serving here");
-                return upgraded(stream, prefix, &up, peer).await;
+                return upgraded(&front.rooms, stream, prefix, &up, peer).await;
             }
             // SAFETY: `dup` is a fresh, open fd nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(dup) };
@@ -334,12 +340,18 @@ async fn connection(
 }
 
 /// Write the 101 and run the WebSocket with a fresh signal session.
-async fn upgraded(mut stream: TcpStream, prefix: Vec<u8>, up: &Upgrade, peer: Option<SocketAddr>) {
+async fn upgraded(
+    rooms: &Rc<RefCell<SignalRooms>>,
+    mut stream: TcpStream,
+    prefix: Vec<u8>,
+    up: &Upgrade,
+    peer: Option<SocketAddr>,
+) {
     if stream.write_all(&up.response()).await.is_err() {
         return;
     }
     let stream = Prefixed::new(prefix, stream);
-    let mut session = open_session(up, Instant::now());
+    let mut session = open_session(rooms, up, Instant::now());
     let end = websocket_loop(stream, session.as_mut()).await;
     info!(?peer, room = %up.admission.room, ?end, "LiveKit signal connection closed");
 }
@@ -357,6 +369,11 @@ pub trait SignalPeer {
     /// The WebSocket is gone (client close, error); no more output is taken.
     fn handle_closed(&mut self, now: Instant);
     fn poll_output(&mut self, now: Instant) -> SignalOutput;
+    /// Signalled when output is queued from elsewhere (another participant's
+    /// request, a timer): the loop then drains `poll_output` again.
+    fn notify(&self) -> Option<Rc<Notify>> {
+        None
+    }
 }
 
 /// What a signal session asks the loop to do.
@@ -371,9 +388,47 @@ pub enum SignalOutput {
     Idle(Option<Instant>),
 }
 
-/// The session for an admitted connection.
-fn open_session(_up: &Upgrade, _now: Instant) -> Box<dyn SignalPeer> {
-    Box::new(NoSession::default())
+/// The session for an admitted connection: a participant of its room, or
+/// (when the room refuses the join) a session that only closes with the reason.
+fn open_session(
+    rooms: &Rc<RefCell<SignalRooms>>,
+    up: &Upgrade,
+    now: Instant,
+) -> Box<dyn SignalPeer> {
+    match SignalRooms::connect(rooms, up, now) {
+        Ok(c) => Box::new(c),
+        Err((code, reason)) => Box::new(Refused {
+            code,
+            reason: Some(reason),
+        }),
+    }
+}
+
+/// A join the room refused: close with its reason.
+struct Refused {
+    code: u16,
+    reason: Option<String>,
+}
+
+impl SignalPeer for Refused {
+    fn handle_frame(&mut self, _frame: &[u8], _now: Instant) {}
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn handle_closed(&mut self, _now: Instant) {}
+    fn poll_output(&mut self, _now: Instant) -> SignalOutput {
+        match self.reason.take() {
+            Some(mut reason) => {
+                // RFC 6455 s5.5: a close reason fits in 123 bytes.
+                while reason.len() > 123 {
+                    reason.pop();
+                }
+                SignalOutput::Close {
+                    code: self.code,
+                    reason,
+                }
+            }
+            None => SignalOutput::Idle(None),
+        }
+    }
 }
 
 /// Stands in for `livekit::signal` until it exists: says so and closes.
@@ -441,15 +496,34 @@ where
             session.handle_closed(Instant::now());
             return WsEnd::Failed(e.to_string());
         }
-        let next = futures_lite::future::or(async { Some(ws.next().await) }, async {
-            match deadline {
-                Some(d) => glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await,
-                None => futures_lite::future::pending::<()>().await,
-            }
-            None
+        let notify = session.notify();
+        let next = futures_lite::future::or(async { Some(Some(ws.next().await)) }, async {
+            let timer = async {
+                match deadline {
+                    Some(d) => {
+                        glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await
+                    }
+                    None => futures_lite::future::pending::<()>().await,
+                }
+                None
+            };
+            let woken = async {
+                match &notify {
+                    Some(n) => n.notified().await,
+                    None => futures_lite::future::pending::<()>().await,
+                }
+                Some(None)
+            };
+            futures_lite::future::or(timer, woken).await
         })
         .await;
         let now = Instant::now();
+        let next = match next {
+            // Output queued from elsewhere: drain it.
+            Some(None) => continue,
+            Some(Some(n)) => Some(n),
+            None => None,
+        };
         match next {
             None => session.handle_timeout(now),
             Some(None) => {

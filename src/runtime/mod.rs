@@ -27,6 +27,7 @@ pub mod mesh;
 pub mod metrics_http;
 pub mod rtp_socket;
 pub mod shard;
+pub mod signal_rooms;
 pub mod sip_transport;
 pub mod system;
 

@@ -180,10 +180,16 @@ impl Shard {
                     }
                 }
                 Output::MediaStart(spec) => {
+                    if let Some(front) = &self.livekit {
+                        front.rooms.borrow_mut().sip_call_started(&spec, now);
+                    }
                     self.media.borrow_mut().start(now, spec);
                     let _ = self.media_kick.try_send(());
                 }
                 Output::MediaClose { call, record } => {
+                    if let Some(front) = &self.livekit {
+                        front.rooms.borrow_mut().sip_call_ended(&call.to_string());
+                    }
                     let mut media = self.media.borrow_mut();
                     let figures = media.close(now, &call);
                     self.counters.media_open.set(media.open_ports() as u64);
@@ -609,6 +615,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
             listener,
         ))
         .detach();
+        glommio::spawn_local(super::signal_rooms::timer_loop(Rc::clone(&front.rooms))).detach();
     }
     if let Some(mut r) = receivers {
         for (_from, rx) in r.streams() {
