@@ -61,7 +61,7 @@ fn room(n: usize) -> (MediaEngine, Vec<Caller>, Instant) {
                 .parse()
                 .expect("literal address");
             Caller {
-                call: CallKey(format!("call-{i}")),
+                call: CallKey(format!("call-{i}").into()),
                 src,
                 seq: 100,
                 ts: 8000,
@@ -82,6 +82,8 @@ fn room(n: usize) -> (MediaEngine, Vec<Caller>, Instant) {
                 payload_type: 0,
                 telephone_event: Some(101),
                 ptime_ms: 20,
+                send: true,
+                receive: true,
             },
         );
     }
@@ -136,5 +138,52 @@ fn bench_mix_tick(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_mix_tick);
+/// The fixed cost of one wake of the media task when nothing is due: the
+/// engine's `handle_timeout` (which visits every room and every call to find
+/// what is due) and `next_deadline` (which visits them again for the minimum).
+/// Paid on every wake, so it is what waking more often than every 4 ms costs.
+fn bench_idle_wake(c: &mut Criterion) {
+    let mut g = c.benchmark_group("idle_wake");
+    for rooms in [10usize, 100, 1000] {
+        let mut eng = MediaEngine::with_seed(0, Duration::from_secs(30), 1);
+        let t0 = Instant::now();
+        for i in 0..rooms * 2 {
+            let src: SocketAddr = format!("10.{}.{}.{}:4000", i >> 16, (i >> 8) & 255, i & 255)
+                .parse()
+                .expect("literal address");
+            eng.add_call(
+                t0,
+                CallMedia {
+                    call: CallKey(format!("call-{i}").into()),
+                    room: format!("room-{}", i / 2),
+                    local: "10.0.0.1:10000".parse().expect("literal address"),
+                    remote: src,
+                    codec: Codec::Pcmu,
+                    payload_type: 0,
+                    telephone_event: Some(101),
+                    ptime_ms: 20,
+                    send: true,
+                    receive: true,
+                },
+            );
+        }
+        // Run the first tick, then stand between two ticks: nothing is due.
+        eng.handle_timeout(t0);
+        while !matches!(eng.poll_output(t0), MediaOutput::Idle(_)) {}
+        let between = t0 + Duration::from_millis(10);
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("{rooms}_rooms")),
+            &rooms,
+            |b, _| {
+                b.iter(|| {
+                    eng.handle_timeout(between);
+                    black_box(eng.next_deadline())
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_mix_tick, bench_idle_wake);
 criterion_main!(benches);

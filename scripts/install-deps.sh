@@ -11,10 +11,14 @@
 #   sip-tester   sipp, the SIP peer of tests/sip_calls.rs (scenarios in tests/sipp/)
 #   pkg-config, cmake, libopus-dev   to build libopus bindings (Opus for WebRTC legs)
 #   ca-certificates   so cargo reaches crates.io on a fresh machine
+#   python3, python3-venv   for the Python LiveKit SDK below
+#   livekit==1.2.1 (PyPI, in a venv)   the real SDK of tests/livekit_http.rs
+#       (tests/python/); venv: $SB_PYTHON_VENV, default ~/.cache/switchboard/python
 #
 # Runs `apt-get update` at most once, and only when something has to be installed.
 # As root (CI) it calls apt-get directly; otherwise through sudo. Nothing is downloaded
-# outside the package manager: no prebuilt binaries.
+# outside the package managers (apt; pip from PyPI for the SDK, whose wheel carries
+# its own compiled FFI library): no other prebuilt binaries.
 set -euo pipefail
 
 check_only=0
@@ -23,7 +27,7 @@ for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
         --browser) browser=1 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -33,7 +37,7 @@ if [[ "${SB_SKIP_DEPS:-0}" == "1" ]]; then
     exit 0
 fi
 
-packages=(sip-tester pkg-config cmake libopus-dev ca-certificates)
+packages=(sip-tester pkg-config cmake libopus-dev ca-certificates python3 python3-venv)
 if [[ "$browser" == "1" ]]; then
     packages+=(chromium chromium-driver)
 fi
@@ -48,9 +52,40 @@ for p in "${packages[@]}"; do
     installed "$p" || missing+=("$p")
 done
 
+# The Python LiveKit SDK, pinned to the version docs/livekit.md probed, from PyPI
+# into a venv of its own (Debian's python3 is externally managed, PEP 668). The
+# version check makes a second run a no-op.
+LIVEKIT_PY_VERSION="1.2.1"
+venv="${SB_PYTHON_VENV:-${HOME:?set HOME or SB_PYTHON_VENV}/.cache/switchboard/python}"
+python_sdk_present() {
+    [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c \
+        "import importlib.metadata as m, sys; from livekit import rtc; sys.exit(m.version('livekit') != '$LIVEKIT_PY_VERSION')" \
+        >/dev/null 2>&1
+}
+python_sdk() {
+    if python_sdk_present; then
+        echo "install-deps: python livekit==$LIVEKIT_PY_VERSION present ($venv)"
+        return 0
+    fi
+    if [[ "$check_only" == "1" ]]; then
+        echo "install-deps: missing: python livekit==$LIVEKIT_PY_VERSION in $venv"
+        return 1
+    fi
+    local py=python3
+    [[ -x /usr/bin/python3 ]] && py=/usr/bin/python3
+    [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "livekit==$LIVEKIT_PY_VERSION"
+    if ! python_sdk_present; then
+        echo "install-deps: python livekit==$LIVEKIT_PY_VERSION still not importable from $venv" >&2
+        return 1
+    fi
+    echo "install-deps: installed python livekit==$LIVEKIT_PY_VERSION ($venv)"
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all present (${packages[*]})"
-    exit 0
+    python_sdk
+    exit $?
 fi
 
 echo "install-deps: missing: ${missing[*]}"
@@ -89,3 +124,4 @@ if [[ ${#still[@]} -ne 0 ]]; then
     exit 1
 fi
 echo "install-deps: installed ${missing[*]}"
+python_sdk

@@ -9,7 +9,9 @@
 #   SB_NEXTEST=1         run the tests with cargo-nextest instead of cargo test
 #   SB_TEST_TIMEOUT=1800 seconds the test step may take before it is killed
 #   SB_TEST_LOG=debug    switchboard's RUST_LOG inside the sipp tests
-#   CI=true     a missing sipp fails the sipp tests instead of skipping them
+#   SB_PYTHON=path       the Python with the livekit SDK (default: install-deps's venv)
+#   CI=true     a missing sipp (or Python livekit SDK) fails its tests instead of
+#               skipping them
 #
 # Prints a summary at the end ("tests: N passed, N failed, N skipped") and exits
 # non-zero when any step failed.
@@ -26,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --lint) lint=1 ;;
         --no-deps) deps=0 ;;
         --) shift; test_args=("$@"); break ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -109,8 +111,10 @@ for f in "$logdir/tests.log" "$logdir/doctests.log"; do
     done < <(grep -E '^ *Summary \[' "$f" || true)
 done
 sipp_skipped=0
+sdk_skipped=0
 if [[ -f "$logdir/tests.log" ]]; then
     sipp_skipped=$(grep -c 'SKIPPED .*sipp not found' "$logdir/tests.log" || true)
+    sdk_skipped=$(grep -c 'SKIPPED .*Python livekit SDK not found' "$logdir/tests.log" || true)
 fi
 
 echo
@@ -125,6 +129,9 @@ if [[ -f "$logdir/tests.log" ]]; then
 fi
 if [[ $sipp_skipped -gt 0 ]]; then
     echo "  !!! $sipp_skipped sipp test(s) SKIPPED: sipp not installed (scripts/install-deps.sh) !!!"
+fi
+if [[ $sdk_skipped -gt 0 ]]; then
+    echo "  !!! $sdk_skipped LiveKit SDK test(s) SKIPPED: Python livekit not installed (scripts/install-deps.sh) !!!"
 fi
 echo "  logs: $logdir"
 echo "tests: $passed passed, $tfailed failed, $ignored skipped"

@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::livekit::token::KeyStore;
 use crate::routing::dispatch::MAX_PIN_LEN;
 use crate::routing::trunk::normalize_number;
 use crate::routing::{
@@ -53,6 +54,13 @@ id = "SDR_dev"
 name = "dev"
 type = "callee"
 room_prefix = "call-"
+
+[livekit]
+port = 7880
+
+[[livekit.keys]]
+key = "devkey"
+secret = "secret"
 "#;
 
 /// The resolved configuration.
@@ -63,6 +71,7 @@ pub struct Config {
     pub rtp: RtpConfig,
     pub shutdown: ShutdownConfig,
     pub metrics: MetricsConfig,
+    pub livekit: LiveKitConfig,
     /// In file order (the order breaks ties between overlapping trunks).
     pub trunks: Vec<Trunk>,
     /// In file order (the order breaks the last ties between rules).
@@ -108,11 +117,18 @@ pub struct RtpConfig {
     pub port_max: u16,
     /// A call with no RTP from the caller for this long is ended.
     pub media_timeout_secs: u64,
+    /// The same while the call is on hold (RFC 3264 s8.4): a held phone may
+    /// send nothing, so `media_timeout_secs` does not apply then.
+    pub hold_timeout_secs: u64,
 }
 
 impl RtpConfig {
     pub fn media_timeout(&self) -> Duration {
         Duration::from_secs(self.media_timeout_secs)
+    }
+
+    pub fn hold_timeout(&self) -> Duration {
+        Duration::from_secs(self.hold_timeout_secs)
     }
 }
 
@@ -136,10 +152,33 @@ pub struct MetricsConfig {
     pub port: u16,
 }
 
+/// `[livekit]`: the port LiveKit SDKs connect to (HTTP validate and the
+/// signaling WebSocket, `src/runtime/livekit_http.rs`) and the API keys their
+/// access tokens are signed with.
+#[derive(Clone, Debug)]
+pub struct LiveKitConfig {
+    /// TCP port of `/rtc`, `/rtc/v1` and their `validate` endpoints, on
+    /// `sip.bind`; 0 = off.
+    pub port: u16,
+    /// API key -> secret (`Debug` never shows the secrets). Empty: the LiveKit
+    /// port stays closed, since no token could ever be accepted.
+    pub keys: KeyStore,
+}
+
+impl LiveKitConfig {
+    /// Whether the runtime opens the LiveKit port.
+    pub fn enabled(&self) -> bool {
+        self.port != 0 && !self.keys.is_empty()
+    }
+}
+
+pub const DEFAULT_LIVEKIT_PORT: u16 = 7880;
 pub const DEFAULT_SIP_PORT: u16 = 5060;
 pub const DEFAULT_RTP_PORT_MIN: u16 = 10000;
 pub const DEFAULT_RTP_PORT_MAX: u16 = 20000;
 pub const DEFAULT_MEDIA_TIMEOUT_SECS: u64 = 30;
+/// `rtp.hold_timeout_secs`: an hour of silence on hold, then the call is ended.
+pub const DEFAULT_HOLD_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_GRACE_SECS: u64 = 5;
 pub const DEFAULT_METRICS_PORT: u16 = 6789;
 pub const DEFAULT_USER_AGENT: &str = "switchboard";
@@ -330,6 +369,7 @@ struct RawConfig {
     rtp: Option<RawRtp>,
     shutdown: Option<RawShutdown>,
     metrics: Option<RawMetrics>,
+    livekit: Option<RawLiveKit>,
     trunks: Option<Vec<Spanned<RawTrunk>>>,
     dispatch_rules: Option<Vec<Spanned<RawRule>>>,
 }
@@ -359,6 +399,7 @@ struct RawRtp {
     port_min: Field<u16>,
     port_max: Field<u16>,
     media_timeout_secs: Field<u64>,
+    hold_timeout_secs: Field<u64>,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +412,20 @@ struct RawShutdown {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     port: Field<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLiveKit {
+    port: Field<u16>,
+    keys: Option<Vec<Spanned<RawApiKey>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    key: Field<String>,
+    secret: Field<String>,
 }
 
 #[derive(Deserialize)]
@@ -591,6 +646,7 @@ impl Resolver<'_, '_> {
                 value_or(&m.port, DEFAULT_METRICS_PORT)
             }),
         };
+        let livekit = self.livekit(raw.livekit)?;
         let raw_trunks = raw.trunks.unwrap_or_default();
         let trunks = self.trunks(&raw_trunks)?;
         let raw_rules = raw.dispatch_rules.unwrap_or_default();
@@ -602,9 +658,70 @@ impl Resolver<'_, '_> {
             rtp,
             shutdown,
             metrics,
+            livekit,
             trunks,
             dispatch_rules,
             warnings: self.warnings,
+        })
+    }
+
+    /// `[livekit]`: keys must be non-empty, printable and unique; a secret
+    /// shorter than livekit-server's minimum is legal (`--dev` uses `secret`)
+    /// but warned about.
+    fn livekit(&mut self, raw: Option<RawLiveKit>) -> Result<LiveKitConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(LiveKitConfig {
+                port: DEFAULT_LIVEKIT_PORT,
+                keys: KeyStore::new(),
+            });
+        };
+        let mut keys = KeyStore::new();
+        let mut first_line: HashMap<String, usize> = HashMap::new();
+        for (i, entry) in raw.keys.iter().flatten().enumerate() {
+            let at = |field: &str| format!("livekit.keys[{i}].{field}");
+            let present = |f: &Field<String>, field: &str| match f {
+                Some(v) if v.get_ref().is_empty() => {
+                    Err(self.src.error(v.span(), at(field), Problem::Empty))
+                }
+                Some(v) => Ok(v.clone()),
+                None => Err(self.src.error(entry.span(), at(field), Problem::Missing)),
+            };
+            let key = present(&entry.get_ref().key, "key")?;
+            let secret = present(&entry.get_ref().secret, "secret")?;
+            // The key travels as the token's `iss` and in log lines.
+            if key.get_ref().chars().any(|c| c.is_control()) {
+                return Err(self
+                    .src
+                    .error(key.span(), at("key"), Problem::ControlCharacters));
+            }
+            let line = self.src.line(key.span().start);
+            if let Some(&first) = first_line.get(key.get_ref()) {
+                return Err(self.src.error(
+                    key.span(),
+                    at("key"),
+                    Problem::DuplicateId {
+                        id: key.get_ref().clone(),
+                        first_line: first,
+                    },
+                ));
+            }
+            first_line.insert(key.get_ref().clone(), line);
+            if secret.get_ref().len() < KeyStore::MIN_SECRET_LEN {
+                let w = self.src.warning(
+                    secret.span(),
+                    at("secret"),
+                    format!(
+                        "shorter than {} characters: fine for development, guessable in production",
+                        KeyStore::MIN_SECRET_LEN
+                    ),
+                );
+                self.warnings.push(w);
+            }
+            keys.insert(key.into_inner(), secret.get_ref().as_bytes());
+        }
+        Ok(LiveKitConfig {
+            port: value_or(&raw.port, DEFAULT_LIVEKIT_PORT),
+            keys,
         })
     }
 
@@ -714,6 +831,7 @@ impl Resolver<'_, '_> {
                 port_min: DEFAULT_RTP_PORT_MIN,
                 port_max: DEFAULT_RTP_PORT_MAX,
                 media_timeout_secs: DEFAULT_MEDIA_TIMEOUT_SECS,
+                hold_timeout_secs: DEFAULT_HOLD_TIMEOUT_SECS,
             });
         };
         if let Some(p) = &raw.port_min {
@@ -740,17 +858,21 @@ impl Resolver<'_, '_> {
                 },
             ));
         }
-        if let Some(t) = &raw.media_timeout_secs {
-            if *t.get_ref() == 0 {
-                return Err(self
-                    .src
-                    .error(t.span(), "rtp.media_timeout_secs", Problem::Zero));
+        for (t, key) in [
+            (&raw.media_timeout_secs, "rtp.media_timeout_secs"),
+            (&raw.hold_timeout_secs, "rtp.hold_timeout_secs"),
+        ] {
+            if let Some(t) = t {
+                if *t.get_ref() == 0 {
+                    return Err(self.src.error(t.span(), key, Problem::Zero));
+                }
             }
         }
         Ok(RtpConfig {
             port_min,
             port_max,
             media_timeout_secs: value_or(&raw.media_timeout_secs, DEFAULT_MEDIA_TIMEOUT_SECS),
+            hold_timeout_secs: value_or(&raw.hold_timeout_secs, DEFAULT_HOLD_TIMEOUT_SECS),
         })
     }
 
@@ -1212,6 +1334,7 @@ mod tests {
         assert_eq!(c.sip.answer_delay_ms, 0);
         assert_eq!((c.rtp.port_min, c.rtp.port_max), (10000, 20000));
         assert_eq!(c.rtp.media_timeout(), Duration::from_secs(30));
+        assert_eq!(c.rtp.hold_timeout(), Duration::from_secs(3600));
         assert_eq!(c.shutdown.grace(), Duration::from_secs(5));
         assert_eq!(c.metrics.port, 6789);
 
@@ -1363,11 +1486,61 @@ mod tests {
     }
 
     #[test]
+    fn livekit_section_keys_port_and_defaults() {
+        // No section: the port default, but no keys, so the port stays closed.
+        let c = Config::from_str("", "empty.toml").unwrap();
+        assert_eq!(c.livekit.port, DEFAULT_LIVEKIT_PORT);
+        assert!(c.livekit.keys.is_empty() && !c.livekit.enabled());
+        let long = "s".repeat(KeyStore::MIN_SECRET_LEN);
+        let text = format!(
+            "[livekit]\nport = 17880\n[[livekit.keys]]\nkey = \"APIa\"\nsecret = \"{long}\"\n\
+             [[livekit.keys]]\nkey = \"APIb\"\nsecret = \"short\"\n"
+        );
+        let c = Config::from_str(&text, "lk.toml").unwrap();
+        assert_eq!(c.livekit.port, 17880);
+        assert!(c.livekit.enabled());
+        assert!(c.livekit.keys.contains("APIa") && c.livekit.keys.contains("APIb"));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(
+            c.warnings[0].to_string(),
+            "lk.toml:8: livekit.keys[1].secret: shorter than 32 characters: \
+             fine for development, guessable in production"
+        );
+        // The secret never shows in Debug output.
+        assert!(!format!("{c:?}").contains(&long));
+        // Port 0 turns it off even with keys.
+        let c = Config::from_str(&text.replace("17880", "0"), "lk.toml").unwrap();
+        assert!(!c.livekit.enabled());
+        for (text, want) in [
+            (
+                "[livekit]\n[[livekit.keys]]\nsecret = \"x\"\n",
+                "k.toml:2: livekit.keys[0].key: required key is missing",
+            ),
+            (
+                "[livekit]\n[[livekit.keys]]\nkey = \"a\"\nsecret = \"\"\n",
+                "k.toml:4: livekit.keys[0].secret: must not be empty",
+            ),
+            (
+                "[livekit]\n[[livekit.keys]]\nkey = \"a\\tb\"\nsecret = \"x\"\n",
+                "k.toml:3: livekit.keys[0].key: must not contain control characters",
+            ),
+        ] {
+            let e = Config::from_str(text, "k.toml").unwrap_err();
+            assert_eq!(e.to_string(), want);
+        }
+    }
+
+    #[test]
     fn dev_config() {
         let c = Config::dev();
         assert_eq!(c.sip.bind, IpAddr::from([127, 0, 0, 1]));
         assert_eq!((c.sip.port, c.sip.udp, c.sip.tcp), (5060, true, true));
-        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // livekit-server --dev's key pair; its short secret is the one warning.
+        assert_eq!(c.livekit.port, 7880);
+        assert!(c.livekit.enabled() && c.livekit.keys.contains("devkey"));
+        assert_eq!(c.livekit.keys.len(), 1);
+        let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["livekit.keys[0].secret"], "{:?}", c.warnings);
         assert_eq!(c.trunks.len(), 1);
         let t = &c.trunks[0];
         assert_eq!((t.id.as_str(), t.name.as_str()), ("ST_dev", "dev"));

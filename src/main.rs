@@ -11,6 +11,8 @@ switchboard — SIP trunks into LiveKit-compatible rooms, thread-per-core
 
 USAGE:
     switchboard --dev                 run on embedded development defaults
+                                      (SIP 127.0.0.1:5060; LiveKit port 7880,
+                                      API key devkey, secret secret)
     switchboard --config FILE         run with a TOML configuration file
     switchboard --config FILE --check validate the file and exit
 

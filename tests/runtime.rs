@@ -13,6 +13,8 @@ fn boot(shards: usize) -> Running {
     let mut c = Config::dev();
     c.sip.bind = "127.0.0.1".parse().unwrap();
     c.sip.port = 0;
+    // Parallel tests in one process: keep the dev LiveKit port (7880) closed.
+    c.livekit.port = 0;
     c.shutdown.grace_secs = 2;
     start(Arc::new(c), shards).expect("runtime starts")
 }

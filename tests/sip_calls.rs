@@ -891,3 +891,60 @@ fn malformed_requests_over_tcp() {
     drop((c, g, d));
     server.stop();
 }
+
+/// Hold by re-INVITE (RFC 3264 s8.4) with a real UA: sipp answers a call,
+/// re-INVITEs with `a=inactive` (then, in a second call, `a=sendonly`), sends no
+/// RTP for 3.5 s against a 1 s media timeout, and hangs up: the answer mirrors
+/// the hold and the call is not ended under it. The control, the same flow
+/// re-INVITEing `a=sendrecv`, must be ended by the media timeout (sipp then fails
+/// on our unexpected BYE), which shows the silence was long enough to matter.
+#[test]
+fn hold_by_reinvite_is_not_ended_by_the_media_timeout() {
+    let cfg = config("", TRUNKS).replace("media_timeout_secs = 30", "media_timeout_secs = 1");
+    let Some(s) = setup("hold_reinvite", &cfg, 100) else {
+        return;
+    };
+    for (direction, answer) in [("inactive", "inactive"), ("sendonly", "recvonly")] {
+        let run = s.run(
+            &Sipp::new(Scenario::template(
+                "uac_hold.xml",
+                &[("DIRECTION", direction)],
+            ))
+            .called("+15550100")
+            .pause_ms(3500)
+            .timeout(Duration::from_secs(20)),
+            &format!("uac_hold_{direction}"),
+        );
+        run.assert_all_succeeded(&s.server, 1);
+        let mirrored = run.received().iter().any(|m| {
+            m.starts_with("SIP/2.0 200")
+                && m.contains("CSeq: 2 INVITE")
+                && m.contains(&format!("a={answer}"))
+        });
+        if !mirrored {
+            s.server.fail(&format!(
+                "the re-INVITE's answer must say a={answer}\n{}",
+                run.report()
+            ));
+        }
+    }
+    let control = s.run(
+        &Sipp::new(Scenario::template(
+            "uac_hold.xml",
+            &[("DIRECTION", "sendrecv")],
+        ))
+        .called("+15550100")
+        .pause_ms(3500)
+        .timeout(Duration::from_secs(20)),
+        "uac_hold_control",
+    );
+    let stats = control.stats.clone().unwrap_or_default();
+    let our_bye = control.received().iter().any(|m| m.starts_with("BYE "));
+    if stats.successful != 0 || !our_bye {
+        s.server.fail(&format!(
+            "without hold, 3.5 s of silence must end the call with our BYE\n{}",
+            control.report()
+        ));
+    }
+    s.stop();
+}

@@ -19,6 +19,9 @@
 //! - [`connect`]: the HTTP side of a connection attempt (`/rtc`, `/rtc/v1` and
 //!   their `validate` endpoints): query options, where the token comes from,
 //!   admission, the validate answer;
+//! - [`http`]: the `:7880` front door: one bounded HTTP/1.1 request head ->
+//!   an answer (validate, CORS preflight, 4xx) or a WebSocket upgrade (the
+//!   socket side is `runtime::livekit_http`);
 //! - [`sip_participant`]: how a phone caller appears in a room (identity,
 //!   name, kind SIP, `sip.*` attributes, call status) and DTMF codes;
 //! - [`ids`]: LiveKit-style ids (`RM_`, `PA_`, `TR_`, `SCL_`).
@@ -29,7 +32,9 @@
 //! socket: the time of a check is an argument (`now_unix`).
 
 pub mod connect;
+pub mod http;
 pub mod ids;
 pub mod peer;
+pub mod signal;
 pub mod sip_participant;
 pub mod token;

@@ -34,10 +34,11 @@
 pub mod room;
 pub mod session;
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -54,12 +55,16 @@ use session::{Inbound, RtpSession, SessionConfig, StreamSeed};
 
 /// Default media timeout: no RTP from the caller for this long ends the call.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
+/// The media timeout while a call is on hold (`rtp.hold_timeout_secs`).
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Bytes per arena chunk (in and out): about 190 outgoing G.711 packets.
 pub const ARENA_CHUNK: usize = 32 * 1024;
 
 /// Identifies a call on its owner shard (the SIP core's key; unified later).
+/// Every packet the engine sends is tagged with it: an `Arc<str>` makes that a
+/// refcount increment, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallKey(pub String);
+pub struct CallKey(pub Arc<str>);
 
 impl fmt::Display for CallKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,6 +106,12 @@ pub struct CallMedia {
     pub telephone_event: Option<u8>,
     /// The caller's `a=ptime`; we mix and send 20 ms frames (see `session::FRAME`).
     pub ptime_ms: u16,
+    /// The negotiated direction, ours (RFC 3264 s6.1): may we send the mix, and
+    /// do we expect the caller's RTP. A caller who puts us on hold offers
+    /// `sendonly` (we answer `recvonly`: no mix is sent, its music on hold is
+    /// received) or `inactive` (neither; the media timeout is not armed).
+    pub send: bool,
+    pub receive: bool,
 }
 
 /// What the driver must do next.
@@ -108,8 +119,7 @@ pub struct CallMedia {
 pub enum MediaOutput {
     /// Send `data` from the call's RTP socket (or its RTCP socket, RTP + 1).
     ///
-    /// `call` is cloned per packet; if `CallKey` stays a `String` that is the
-    /// one allocation per packet left (an `Arc<str>` key would remove it).
+    /// `call` is cloned per packet (a refcount: `CallKey` is an `Arc<str>`).
     Transmit {
         call: CallKey,
         dst: SocketAddr,
@@ -293,18 +303,36 @@ struct Call {
     session: RtpSession,
     room: String,
     participant: ParticipantId,
+    /// The deadline of this call's live entry in `MediaEngine::timers`.
+    scheduled: Instant,
 }
+
+/// What a timer entry is for. Entries are never removed from the heap; one is
+/// *live* only while it matches its owner's current deadline (a room's next
+/// tick, a call's `scheduled`), and stale ones are dropped when they surface.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Room(Arc<str>),
+    Call(CallKey),
+}
+
+type Timers = BinaryHeap<Reverse<(Instant, Due)>>;
 
 /// One shard's RTP sessions and rooms. See the module doc for the poll contract.
 pub struct MediaEngine {
     shard: usize,
     media_timeout: Duration,
+    hold_timeout: Duration,
     rng: SmallRng,
     /// A moment on the monotonic clock and the wall clock (since the Unix
     /// epoch) at the same instant, for the NTP time of sender reports.
     wallclock: Option<(Instant, Duration)>,
     calls: HashMap<CallKey, Call>,
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<Arc<str>, Room>,
+    /// Every room's next tick and every call's next timer, earliest first, so
+    /// a wake costs O(log n) per thing due instead of a visit of every room and
+    /// call (measured: `bench/media.rs` `idle_wake`).
+    timers: Timers,
     out: Outbox,
     /// Arena incoming payloads are copied into for the jitter buffers.
     in_arena: BytesMut,
@@ -329,15 +357,23 @@ impl MediaEngine {
         Self::with_seed(shard, media_timeout, rand::random())
     }
 
+    /// The media timeout of held calls ([`DEFAULT_HOLD_TIMEOUT`] unless set),
+    /// for calls added from now on.
+    pub fn set_hold_timeout(&mut self, hold_timeout: Duration) {
+        self.hold_timeout = hold_timeout;
+    }
+
     /// Like [`new`](Self::new) with a fixed seed: reproducible SSRCs for tests.
     pub fn with_seed(shard: usize, media_timeout: Duration, seed: u64) -> Self {
         MediaEngine {
             shard,
             media_timeout,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
             rng: SmallRng::seed_from_u64(seed),
             wallclock: None,
             calls: HashMap::new(),
             rooms: HashMap::new(),
+            timers: BinaryHeap::new(),
             out: Outbox::new(),
             in_arena: BytesMut::with_capacity(ARENA_CHUNK),
             stats: ShardMediaStats::new(shard),
@@ -373,12 +409,16 @@ impl MediaEngine {
             telephone_event: m.telephone_event,
             remote: m.remote,
             media_timeout: self.media_timeout,
+            hold_timeout: self.hold_timeout,
+            send: m.send,
+            receive: m.receive,
         };
         let decoder = Decoder::G711(Compander::new(m.codec.law()));
         if let Some(c) = self.calls.get_mut(&m.call) {
-            c.session.renegotiate(cfg);
+            c.session.renegotiate(now, cfg);
+            Self::schedule_if_earlier(&mut self.timers, &m.call, c);
             if c.room == m.room {
-                if let Some(r) = self.rooms.get_mut(&c.room) {
+                if let Some(r) = self.rooms.get_mut(c.room.as_str()) {
                     r.set_decoder(c.participant, decoder);
                 }
                 return;
@@ -392,7 +432,14 @@ impl MediaEngine {
                 &old_room,
                 old_id,
             );
-            let id = Self::join_room(&mut self.rooms, &mut self.stats, now, &m, decoder);
+            let id = Self::join_room(
+                &mut self.rooms,
+                &mut self.timers,
+                &mut self.stats,
+                now,
+                &m,
+                decoder,
+            );
             let c = self
                 .calls
                 .get_mut(&m.call)
@@ -409,31 +456,85 @@ impl MediaEngine {
         let cname = format!("switchboard-{}-{:08x}", self.shard, seed.ssrc);
         let ntp = self.ntp_at(now);
         let session = RtpSession::new(now, ntp, m.call.clone(), cfg, seed, &cname);
-        let participant = Self::join_room(&mut self.rooms, &mut self.stats, now, &m, decoder);
+        let participant = Self::join_room(
+            &mut self.rooms,
+            &mut self.timers,
+            &mut self.stats,
+            now,
+            &m,
+            decoder,
+        );
         self.stats.calls_active += 1;
         self.stats.calls_total += 1;
+        let scheduled = session.poll_timeout();
+        self.timers
+            .push(Reverse((scheduled, Due::Call(m.call.clone()))));
         self.calls.insert(
             m.call,
             Call {
                 session,
                 room: m.room,
                 participant,
+                scheduled,
             },
         );
     }
 
+    /// After something that may have brought a call's next timer forward (a
+    /// packet, a renegotiation): give it a live entry at the new deadline. A
+    /// deadline that moved later keeps its entry, which surfaces early and is
+    /// rescheduled then.
+    fn schedule_if_earlier(timers: &mut Timers, key: &CallKey, c: &mut Call) {
+        let t = c.session.poll_timeout();
+        if t < c.scheduled {
+            c.scheduled = t;
+            timers.push(Reverse((t, Due::Call(key.clone()))));
+        }
+    }
+
+    /// Drop stale entries off the top (so `next_deadline` is a real one), and
+    /// rebuild the heap if stale entries pile up (many calls ended or moved
+    /// their deadlines earlier since they surfaced): memory stays O(rooms + calls).
+    fn prune_timers(&mut self) {
+        while let Some(Reverse((at, due))) = self.timers.peek() {
+            let live = match due {
+                Due::Room(name) => self.rooms.get(name).is_some_and(|r| r.next_tick() == *at),
+                Due::Call(key) => self.calls.get(key).is_some_and(|c| c.scheduled == *at),
+            };
+            if live {
+                break;
+            }
+            self.timers.pop();
+        }
+        if self.timers.len() > 4 * (self.rooms.len() + self.calls.len()) + 64 {
+            self.timers.clear();
+            for (name, r) in &self.rooms {
+                self.timers
+                    .push(Reverse((r.next_tick(), Due::Room(Arc::clone(name)))));
+            }
+            for (key, c) in &self.calls {
+                self.timers
+                    .push(Reverse((c.scheduled, Due::Call(key.clone()))));
+            }
+        }
+    }
+
     fn join_room(
-        rooms: &mut HashMap<String, Room>,
+        rooms: &mut HashMap<Arc<str>, Room>,
+        timers: &mut Timers,
         stats: &mut ShardMediaStats,
         now: Instant,
         m: &CallMedia,
         decoder: Decoder,
     ) -> ParticipantId {
-        let room = match rooms.entry(m.room.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
+        let room = match rooms.get_mut(m.room.as_str()) {
+            Some(r) => r,
+            None => {
                 stats.rooms_active += 1;
-                e.insert(Room::new(m.room.clone(), now))
+                let name: Arc<str> = m.room.as_str().into();
+                let room = Room::new(m.room.clone(), now);
+                timers.push(Reverse((room.next_tick(), Due::Room(Arc::clone(&name)))));
+                rooms.entry(name).or_insert(room)
             }
         };
         room.join(ParticipantKind::Sip(m.call.clone()), decoder)
@@ -442,7 +543,7 @@ impl MediaEngine {
     /// Remove a participant; end the room if it was the last. Returns the
     /// frames concealed for it.
     fn leave_room(
-        rooms: &mut HashMap<String, Room>,
+        rooms: &mut HashMap<Arc<str>, Room>,
         out: &mut Outbox,
         stats: &mut ShardMediaStats,
         name: &str,
@@ -480,6 +581,7 @@ impl MediaEngine {
         );
         self.stats.calls_active -= 1;
         self.stats.lost += c.session.take_lost_delta();
+        self.prune_timers();
         Some(c.session.report(concealed))
     }
 
@@ -488,7 +590,7 @@ impl MediaEngine {
         let c = self.calls.get(call)?;
         let concealed = self
             .rooms
-            .get(&c.room)
+            .get(c.room.as_str())
             .and_then(|r| r.participant_stats(c.participant))
             .map_or(0, |s| s.concealed);
         Some(c.session.report(concealed))
@@ -537,7 +639,7 @@ impl MediaEngine {
                 new_stream,
                 ..
             } => {
-                let Some(room) = self.rooms.get_mut(&c.room) else {
+                let Some(room) = self.rooms.get_mut(c.room.as_str()) else {
                     return;
                 };
                 if new_stream {
@@ -552,6 +654,8 @@ impl MediaEngine {
                 }
             }
             Inbound::Event { .. } => {
+                // A key press now being tracked has an end timer.
+                Self::schedule_if_earlier(&mut self.timers, call, c);
                 while let Some(ev) = c.session.poll_dtmf() {
                     self.stats.dtmf_in += 1;
                     self.out.event(MediaEvent::Dtmf {
@@ -591,48 +695,77 @@ impl MediaEngine {
     /// Run what is due at `now`: mix ticks (each room on its own 20 ms phase),
     /// RTCP reports, DTMF end timeouts, media timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for room in self.rooms.values_mut() {
-            while let Some(at) = room.due(now) {
-                room.mix(at);
-                for (_, kind, pcm) in room.mixed() {
-                    match kind {
-                        ParticipantKind::Sip(call) => {
-                            if let Some(c) = self.calls.get_mut(call) {
-                                let before = c.session.counters();
-                                c.session.send_frame(at, pcm, &mut self.out);
-                                let after = c.session.counters();
-                                self.stats.packets_out += after.packets_out - before.packets_out;
-                                self.stats.bytes_out += after.bytes_out - before.bytes_out;
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, due))) = self.timers.pop() else {
+                break;
+            };
+            match due {
+                Due::Room(name) => {
+                    let Some(room) = self.rooms.get_mut(&name) else {
+                        continue; // ended
+                    };
+                    if room.next_tick() != at {
+                        continue; // stale: a recreated room of the same name
+                    }
+                    while let Some(tick) = room.due(now) {
+                        room.mix(tick);
+                        for (_, kind, pcm) in room.mixed() {
+                            match kind {
+                                ParticipantKind::Sip(call) => {
+                                    if let Some(c) = self.calls.get_mut(call) {
+                                        let before = c.session.counters();
+                                        c.session.send_frame(tick, pcm, &mut self.out);
+                                        let after = c.session.counters();
+                                        self.stats.packets_out +=
+                                            after.packets_out - before.packets_out;
+                                        self.stats.bytes_out += after.bytes_out - before.bytes_out;
+                                    }
+                                }
                             }
                         }
                     }
+                    self.timers
+                        .push(Reverse((room.next_tick(), Due::Room(name))));
+                }
+                Due::Call(key) => {
+                    let Some(c) = self.calls.get_mut(&key) else {
+                        continue; // hung up
+                    };
+                    if c.scheduled != at {
+                        continue; // superseded by an earlier entry
+                    }
+                    if now >= c.session.poll_timeout() {
+                        let rtcp_before = c.session.counters().rtcp_out;
+                        if c.session.handle_timeout(now, &mut self.out) {
+                            self.stats.media_timeouts += 1;
+                            self.out
+                                .event(MediaEvent::MediaTimeout { call: key.clone() });
+                        }
+                        if c.session.counters().rtcp_out != rtcp_before {
+                            self.stats.rtcp_out += 1;
+                            self.stats.lost += c.session.take_lost_delta();
+                        }
+                        while let Some(ev) = c.session.poll_dtmf() {
+                            self.stats.dtmf_in += 1;
+                            self.out.event(MediaEvent::Dtmf {
+                                call: key.clone(),
+                                room: c.room.clone(),
+                                digit: ev.digit,
+                                duration_ms: ev.duration_ms,
+                            });
+                        }
+                    }
+                    // Due, or its deadline moved later since (RTP came): either
+                    // way its next one is the live entry now.
+                    c.scheduled = c.session.poll_timeout();
+                    self.timers.push(Reverse((c.scheduled, Due::Call(key))));
                 }
             }
         }
-        for (key, c) in self.calls.iter_mut() {
-            if now < c.session.poll_timeout() {
-                continue;
-            }
-            let rtcp_before = c.session.counters().rtcp_out;
-            if c.session.handle_timeout(now, &mut self.out) {
-                self.stats.media_timeouts += 1;
-                self.out
-                    .event(MediaEvent::MediaTimeout { call: key.clone() });
-            }
-            if c.session.counters().rtcp_out != rtcp_before {
-                self.stats.rtcp_out += 1;
-                self.stats.lost += c.session.take_lost_delta();
-            }
-            while let Some(ev) = c.session.poll_dtmf() {
-                self.stats.dtmf_in += 1;
-                self.out.event(MediaEvent::Dtmf {
-                    call: key.clone(),
-                    room: c.room.clone(),
-                    digit: ev.digit,
-                    duration_ms: ev.duration_ms,
-                });
-            }
-        }
+        self.prune_timers();
     }
 
     /// The next thing to do: drain until `Idle(next deadline)`.
@@ -645,9 +778,7 @@ impl MediaEngine {
 
     /// The earliest of every room's next tick and every session's timers.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let rooms = self.rooms.values().map(Room::next_tick);
-        let calls = self.calls.values().map(|c| c.session.poll_timeout());
-        rooms.chain(calls).min()
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     pub fn stats(&self) -> &ShardMediaStats {
@@ -721,6 +852,8 @@ mod tests {
                 payload_type: PT_PCMU,
                 telephone_event: Some(PT_EVENT),
                 ptime_ms: 20,
+                send: true,
+                receive: true,
             }
         }
 
@@ -937,6 +1070,143 @@ mod tests {
         );
     }
 
+    /// A call re-added with another room (the room a PIN chose) leaves its old
+    /// room, which ends, and joins the new one, where it hears and is heard;
+    /// its session (counters, stream) is the same one.
+    #[test]
+    fn a_call_moved_to_another_room_hears_its_new_room() {
+        let mut net = Net::new();
+        let mut phones = [
+            Phone::new("a", "192.0.2.10:4000", 1000.0),
+            Phone::new("b", "198.51.100.20:5000", 600.0),
+        ];
+        let t0 = net.now;
+        net.eng
+            .add_call(t0, phones[0].media("pin:a", &phones[0].src.to_string()));
+        net.eng
+            .add_call(t0, phones[1].media("conf", &phones[1].src.to_string()));
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let a_before = decode(&net.rtp_to(&phones[0].call));
+        assert!(
+            goertzel(&a_before[a_before.len() - 4000..], 600.0) < 1.0,
+            "apart"
+        );
+        let sent_before = net.rtp_to(&phones[0].call).len();
+
+        net.eng
+            .add_call(net.now, phones[0].media("conf", &phones[0].src.to_string()));
+        net.drain();
+        assert_eq!(net.eng.rooms(), 1);
+        assert!(net.events.iter().any(|(_, e)| *e
+            == MediaEvent::RoomEnded {
+                room: "pin:a".into()
+            }));
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        for (me, other) in [(0, 1), (1, 0)] {
+            let pcm = decode(&net.rtp_to(&phones[me].call));
+            let heard = goertzel(&pcm[pcm.len() - 4000..], phones[other].tone_hz);
+            assert!(heard > 1e5, "{me} hears {other} in the new room: {heard}");
+        }
+        let a = net.eng.call_report(&phones[0].call).expect("call a is up");
+        assert_eq!(a.packets_in, 100, "one session across the move");
+        assert!(a.packets_out as usize >= sent_before + 45);
+    }
+
+    /// The timer heap against brute force: through random joins, hangups,
+    /// moves, packets, key presses and waits, the engine's next deadline is
+    /// never later than the earliest real one (a late deadline is a missed mix
+    /// or timer; an early one only an extra wake), every room ticks on time,
+    /// and stale entries do not pile up.
+    #[test]
+    fn timer_heap_never_misses_a_deadline() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let mut net = Net::new();
+        let t0 = net.now;
+        let mut phones: Vec<Phone> = Vec::new();
+        let brute_min = |eng: &MediaEngine| {
+            let rooms = eng.rooms.values().map(Room::next_tick);
+            let calls = eng.calls.values().map(|c| c.session.poll_timeout());
+            rooms.chain(calls).min()
+        };
+        for step in 0..4000u32 {
+            match rng.gen_range(0..10) {
+                0 | 1 => {
+                    let i = phones.len();
+                    let p = Phone::new(
+                        &format!("p{step}"),
+                        &format!("192.0.2.{}:4000", i % 250 + 1),
+                        400.0,
+                    );
+                    let room = format!("r{}", rng.gen_range(0..6));
+                    net.eng
+                        .add_call(net.now, p.media(&room, &p.src.to_string()));
+                    phones.push(p);
+                }
+                2 if !phones.is_empty() => {
+                    let p = phones.swap_remove(rng.gen_range(0..phones.len()));
+                    net.eng.remove_call(net.now, &p.call);
+                }
+                3 if !phones.is_empty() => {
+                    let i = rng.gen_range(0..phones.len());
+                    let room = format!("r{}", rng.gen_range(0..6));
+                    let mut m = phones[i].media(&room, &phones[i].src.to_string());
+                    m.send = rng.gen_bool(0.8);
+                    net.eng.add_call(net.now, m);
+                }
+                4..=6 if !phones.is_empty() => {
+                    let i = rng.gen_range(0..phones.len());
+                    let pkt = if rng.gen_bool(0.1) {
+                        let ts = phones[i].ts;
+                        phones[i].packet(PT_EVENT, true, ts, &[5, 10, 0, 160])
+                    } else {
+                        phones[i].voice()
+                    };
+                    let p = &phones[i];
+                    net.receive(p, &pkt);
+                }
+                _ => {
+                    let t = net.now + Duration::from_millis(rng.gen_range(1..400));
+                    net.advance_to(t);
+                }
+            }
+            net.drain();
+            if let Some(real) = brute_min(&net.eng) {
+                let next = net
+                    .eng
+                    .next_deadline()
+                    .expect("a deadline while rooms or calls exist");
+                assert!(
+                    next <= real,
+                    "step {step}: next {next:?} later than {real:?}"
+                );
+                // Whatever was due has run.
+                assert!(
+                    real > net.now
+                        || net
+                            .eng
+                            .calls
+                            .values()
+                            .any(|c| c.session.poll_timeout() > net.now),
+                    "step {step}"
+                );
+            } else {
+                assert_eq!(net.eng.next_deadline(), None, "step {step}: idle");
+            }
+            let live = net.eng.rooms.len() + net.eng.calls.len();
+            assert!(
+                net.eng.timers.len() <= 4 * live + 64 + 8,
+                "step {step}: {} entries for {live}",
+                net.eng.timers.len()
+            );
+        }
+        assert!(
+            net.now > t0 + Duration::from_secs(60),
+            "the run covered RTCP and timeouts"
+        );
+        assert!(net.eng.stats().media_timeouts > 0);
+    }
+
     #[test]
     fn lone_caller_gets_silence_at_fifty_packets_per_second() {
         let mut net = Net::new();
@@ -1044,6 +1314,108 @@ mod tests {
             .events
             .iter()
             .any(|(_, e)| *e == MediaEvent::RoomEnded { room: "r2".into() }));
+    }
+
+    /// RFC 3264 s8.4 hold: a caller that re-INVITEs with `inactive` (we answer
+    /// inactive) gets no mix and is not timed out however long it stays silent;
+    /// its RTCP keeps going. Resumed, it gets the mix again, its counters and
+    /// SSRC carry on, and the media timeout counts from the resume.
+    #[test]
+    fn hold_suspends_the_mix_and_the_media_timeout_resume_restores_them() {
+        let mut net = Net::new();
+        let mut a = Phone::new("a", "192.0.2.1:4000", 500.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.1:4000"));
+        for k in 0..50 {
+            net.advance_to(t0 + FRAME * k + Duration::from_millis(3));
+            let pkt = a.voice();
+            net.receive(&a, &pkt);
+        }
+        let before = net.rtp_to(&a.call);
+        assert!(
+            before.len() >= 45,
+            "the lone caller gets its cadence: {}",
+            before.len()
+        );
+        let ssrc = RtpPacket::parse(&before[0].data).expect("rtp").ssrc();
+
+        // Hold: 100 s of silence, far past the 30 s timeout.
+        let t_hold = t0 + Duration::from_secs(1);
+        let mut held = a.media("r", "192.0.2.1:4000");
+        (held.send, held.receive) = (false, false);
+        net.eng.add_call(t_hold, held);
+        let sent_at_hold = net.rtp_to(&a.call).len();
+        let rtcp_at_hold = net.rtcp_to(&a.call).len();
+        net.advance_to(t_hold + Duration::from_secs(100));
+        assert!(
+            !net.events
+                .iter()
+                .any(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. })),
+            "a held call is not timed out: {:?}",
+            net.events
+        );
+        let sent_on_hold = net.rtp_to(&a.call).len() - sent_at_hold;
+        assert!(sent_on_hold <= 1, "no mix on hold: {sent_on_hold} packets");
+        assert!(
+            net.rtcp_to(&a.call).len() > rtcp_at_hold + 10,
+            "RTCP goes on"
+        );
+
+        // Resume: the mix comes back on the same stream, the timeout re-arms.
+        let t_resume = net.now;
+        net.eng.add_call(t_resume, a.media("r", "192.0.2.1:4000"));
+        net.advance_to(t_resume + Duration::from_secs(1));
+        let after = net.rtp_to(&a.call);
+        assert!(
+            after.len() - sent_at_hold - sent_on_hold >= 45,
+            "mix resumed"
+        );
+        let last = RtpPacket::parse(&after[after.len() - 1].data).expect("rtp");
+        assert_eq!(last.ssrc(), ssrc, "one stream across the re-INVITEs");
+        net.advance_to(t_resume + DEFAULT_MEDIA_TIMEOUT - Duration::from_millis(100));
+        assert!(!net
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. })));
+        net.advance_to(t_resume + DEFAULT_MEDIA_TIMEOUT + Duration::from_millis(100));
+        let timeouts: Vec<_> = net
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
+            .collect();
+        assert_eq!(
+            timeouts.len(),
+            1,
+            "silence after the resume is trouble again"
+        );
+        let report = net.eng.remove_call(net.now, &a.call).expect("was up");
+        assert_eq!(report.packets_in, 50, "counters survive the re-INVITEs");
+    }
+
+    /// `sendonly` from the caller (it holds us, perhaps with music): we answer
+    /// `recvonly`, send no mix, and its silence is judged by the hold timeout,
+    /// not the media timeout (many phones that offer `sendonly` send nothing).
+    #[test]
+    fn recvonly_sends_nothing_and_waits_for_the_hold_timeout() {
+        let mut net = Net::new();
+        net.eng.set_hold_timeout(Duration::from_secs(120));
+        let a = Phone::new("a", "192.0.2.1:4000", 500.0);
+        let t0 = net.now;
+        let mut m = a.media("r", "192.0.2.1:4000");
+        m.send = false;
+        net.eng.add_call(t0, m);
+        let timeouts = |net: &Net| {
+            net.events
+                .iter()
+                .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+        };
+        net.advance_to(t0 + Duration::from_secs(119));
+        assert!(net.rtp_to(&a.call).is_empty());
+        assert!(timeouts(&net).is_empty(), "not at the 30 s media timeout");
+        net.advance_to(t0 + Duration::from_secs(121));
+        assert_eq!(timeouts(&net), [t0 + Duration::from_secs(120)]);
     }
 
     /// RFC 4733 packets of one key press: start, updates, three end packets.

@@ -113,6 +113,31 @@ pub struct SessionConfig {
     /// Where the SDP says to send RTP (c= address, m= port).
     pub remote: SocketAddr,
     pub media_timeout: Duration,
+    /// Replaces `media_timeout` while the call is on hold.
+    pub hold_timeout: Duration,
+    /// We may send RTP (our direction is sendrecv or sendonly).
+    pub send: bool,
+    /// We may receive RTP (our direction is sendrecv or recvonly).
+    pub receive: bool,
+}
+
+impl SessionConfig {
+    /// Whether the caller has the call on hold (RFC 3264 s8.4): anything but
+    /// `sendrecv`, or the RFC 2543 way (c=0.0.0.0). A held phone may send
+    /// nothing at all (even one that offers `sendonly` for music on hold often
+    /// does not), so its silence is not trouble until `hold_timeout`.
+    pub fn on_hold(&self) -> bool {
+        !(self.send && self.receive) || self.remote.ip().is_unspecified() || self.remote.port() == 0
+    }
+
+    /// How long the caller may send nothing before the call is ended.
+    pub fn silence_limit(&self) -> Duration {
+        if self.on_hold() {
+            self.hold_timeout
+        } else {
+            self.media_timeout
+        }
+    }
 }
 
 /// Our outgoing stream's random starting point (RFC 3550 s5.1, s8.1).
@@ -222,10 +247,14 @@ impl RtpSession {
 
     /// A re-INVITE changed the media description. A new remote address undoes
     /// the latch: the caller moved, and its first packets from there re-latch.
-    pub fn renegotiate(&mut self, cfg: SessionConfig) {
+    pub fn renegotiate(&mut self, now: Instant, cfg: SessionConfig) {
         if cfg.remote != self.cfg.remote {
             self.latched = None;
             self.rtcp_latched = None;
+        }
+        if cfg.on_hold() != self.cfg.on_hold() {
+            // Into or out of hold: the silence allowed changes, count from now.
+            self.last_rtp = now;
         }
         self.encoder = Compander::new(cfg.codec.law());
         self.cfg = cfg;
@@ -385,7 +414,8 @@ impl RtpSession {
     /// Send one 20 ms frame of the room's mix (`pcm`, 160 samples) to the
     /// caller, or the DTMF event packet that replaces it.
     pub fn send_frame(&mut self, now: Instant, pcm: &[i16], out: &mut Outbox) {
-        let Some(dst) = self.rtp_destination() else {
+        let dst = self.rtp_destination().filter(|_| self.cfg.send);
+        let Some(dst) = dst else {
             // Nowhere to send: the timeline runs on, so that when the caller
             // comes back our stream resumes at the right timestamp. A digit
             // being played is dropped (nobody could hear it).
@@ -445,7 +475,7 @@ impl RtpSession {
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.rtcp.poll_timeout();
         if !self.timed_out {
-            t = t.min(self.last_rtp + self.cfg.media_timeout);
+            t = t.min(self.last_rtp + self.cfg.silence_limit());
         }
         if let Some(d) = self.dtmf_rx.poll_timeout() {
             t = t.min(d);
@@ -474,7 +504,7 @@ impl RtpSession {
                 let _ = self.rtcp.poll_transmit(now, None, &mut [0u8; RTCP_MAX]);
             }
         }
-        if !self.timed_out && now >= self.last_rtp + self.cfg.media_timeout {
+        if !self.timed_out && now >= self.last_rtp + self.cfg.silence_limit() {
             self.timed_out = true;
             return true;
         }

@@ -86,7 +86,11 @@ fn media_codec(c: sdp::Codec) -> media::Codec {
 }
 
 impl ShardMedia {
-    pub fn new(shard: usize, media_timeout: Duration) -> io::Result<ShardMedia> {
+    pub fn new(
+        shard: usize,
+        media_timeout: Duration,
+        hold_timeout: Duration,
+    ) -> io::Result<ShardMedia> {
         // SAFETY: epoll_create1 takes a flags word and returns a new fd or -1.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -95,6 +99,7 @@ impl ShardMedia {
         // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut engine = MediaEngine::new(shard, media_timeout);
+        engine.set_hold_timeout(hold_timeout);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -201,10 +206,10 @@ impl ShardMedia {
             warn!(call_id = %spec.call, room = %spec.room, "media start without an open port");
             return;
         };
-        if port.started {
-            // Renegotiation (re-INVITE, late offer): rejoin with the new description.
-            let _ = self.engine.remove_call(now, &port.key);
-        }
+        // Called again for a started call (a re-INVITE: hold, resume, new
+        // address or codec; or the room a PIN chose), `add_call` updates the
+        // session in place: its counters, SSRC and timeline carry on, so the call
+        // record covers the whole call and the caller sees one stream.
         port.started = true;
         self.engine.add_call(
             now,
@@ -217,6 +222,8 @@ impl ShardMedia {
                 payload_type: spec.payload_type,
                 telephone_event: spec.telephone_event,
                 ptime_ms: spec.ptime_ms,
+                send: spec.direction.sends(),
+                receive: spec.direction.receives(),
             },
         );
         self.deadline = Some(now);

@@ -29,6 +29,9 @@ pub enum ShardMsg {
     /// Bytes to write on a TCP connection the receiving shard holds
     /// (`peer.conn.shard` is the receiver).
     Transmit(Transmit),
+    /// An admitted LiveKit signal connection for a room the receiving shard
+    /// owns (`runtime::livekit_http`).
+    LiveKit(super::livekit_http::Handoff),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

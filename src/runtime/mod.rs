@@ -21,11 +21,13 @@
 //!
 //! [`Endpoint`]: crate::sip::endpoint::Endpoint
 
+pub mod livekit_http;
 pub mod media_driver;
 pub mod mesh;
 pub mod metrics_http;
 pub mod rtp_socket;
 pub mod shard;
+pub mod signal_rooms;
 pub mod sip_transport;
 pub mod system;
 
@@ -50,6 +52,10 @@ pub enum RuntimeError {
     System(#[from] SystemError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(
+        "cannot bind the LiveKit port {addr}: {source} (set [livekit] port, or 0 to turn it off)"
+    )]
+    LiveKitBind { addr: SocketAddr, source: io::Error },
     #[error("no SIP transport enabled: set sip.udp or sip.tcp")]
     NoTransport,
     #[error("shard count must be at least 1")]
@@ -206,6 +212,7 @@ pub struct StopFlags {
 pub struct Running {
     udp_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
+    livekit_addr: Option<SocketAddr>,
     stop: Arc<StopFlags>,
     counters: Vec<Arc<ShardCounters>>,
     handles: Vec<(usize, ExecutorJoinHandle<Result<(), String>>)>,
@@ -218,6 +225,10 @@ impl Running {
     }
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+    /// The LiveKit port's address, when it is open (`[livekit]`).
+    pub fn livekit_addr(&self) -> Option<SocketAddr> {
+        self.livekit_addr
     }
     pub fn counters(&self) -> &[Arc<ShardCounters>] {
         &self.counters
@@ -315,6 +326,19 @@ pub fn start_with(
         "SIP sockets bound"
     );
     let (udp_addr, tcp_addr) = (sockets.udp_addr, sockets.tcp_addr);
+    // The LiveKit port: one SO_REUSEPORT listener per shard, on the SIP address.
+    let livekit = if config.livekit.enabled() {
+        let addr = SocketAddr::new(config.sip.bind, config.livekit.port);
+        let s = livekit_http::bind(addr, shards)
+            .map_err(|source| RuntimeError::LiveKitBind { addr, source })?;
+        info!(%addr, "LiveKit signaling on ws://{addr}");
+        Some(s)
+    } else {
+        info!("LiveKit port closed ([livekit] port 0 or no API keys)");
+        None
+    };
+    let livekit_addr = livekit.as_ref().map(|l| l.addr);
+    let mut livekit_sockets = livekit.into_iter().flat_map(|l| l.per_shard);
     let mesh = (shards > 1).then(|| mesh::builder(shards));
     // Nonces carry an HMAC under this secret so any shard can verify them.
     let nonce_secret: [u8; 16] = rand::random();
@@ -323,6 +347,7 @@ pub fn start_with(
     let mut running = Running {
         udp_addr,
         tcp_addr,
+        livekit_addr,
         stop: Arc::clone(&stop),
         counters: Vec::with_capacity(shards),
         handles: Vec::with_capacity(shards),
@@ -339,6 +364,7 @@ pub fn start_with(
             config: Arc::clone(&config),
             limits: limits.clone(),
             sockets: socks,
+            livekit: livekit_sockets.next(),
             mesh: mesh.clone(),
             stop: Arc::clone(&stop),
             counters,

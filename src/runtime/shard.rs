@@ -46,6 +46,8 @@ pub struct ShardStart {
     pub config: Arc<Config>,
     pub limits: Limits,
     pub sockets: ShardSockets,
+    /// This shard's LiveKit listener (`[livekit]`), if the port is open.
+    pub livekit: Option<socket2::Socket>,
     pub mesh: Option<MeshBuilder<ShardMsg, Full>>,
     pub stop: Arc<StopFlags>,
     pub counters: Arc<ShardCounters>,
@@ -99,6 +101,8 @@ pub struct Shard {
     pub(super) media: RefCell<ShardMedia>,
     /// Wakes the media task when a call starts (it sleeps while there is none).
     media_kick: LocalSender<()>,
+    /// The LiveKit port's per-shard state, when the port is open.
+    livekit: Option<Rc<super::livekit_http::Front>>,
 }
 
 impl Shard {
@@ -130,6 +134,11 @@ impl Shard {
         match msg {
             ShardMsg::Inbound(m) => self.on_inbound(m),
             ShardMsg::Transmit(t) => self.send_tcp(t),
+            ShardMsg::LiveKit(h) => match &self.livekit {
+                Some(front) => super::livekit_http::adopt(front, h),
+                // Every shard listens when one does; dropping closes it.
+                None => warn!("LiveKit connection handed to a shard without the port"),
+            },
         }
     }
 
@@ -171,10 +180,16 @@ impl Shard {
                     }
                 }
                 Output::MediaStart(spec) => {
+                    if let Some(front) = &self.livekit {
+                        front.rooms.borrow_mut().sip_call_started(&spec, now);
+                    }
                     self.media.borrow_mut().start(now, spec);
                     let _ = self.media_kick.try_send(());
                 }
                 Output::MediaClose { call, record } => {
+                    if let Some(front) = &self.livekit {
+                        front.rooms.borrow_mut().sip_call_ended(&call.to_string());
+                    }
                     let mut media = self.media.borrow_mut();
                     let figures = media.close(now, &call);
                     self.counters.media_open.set(media.open_ports() as u64);
@@ -265,6 +280,28 @@ impl Shard {
                 if let Some(suppressed) = self.log_mesh.allow(Instant::now()) {
                     warn!(error = %e, suppressed, "mesh message dropped");
                 }
+            }
+        }
+    }
+
+    /// Send `msg` to shard `to` if its link takes it (counted either way);
+    /// the caller keeps a fallback for `false` (the message is gone).
+    pub(super) fn mesh_offer(&self, to: usize, msg: ShardMsg) -> bool {
+        let Some(m) = &self.mesh else {
+            return false;
+        };
+        match m.try_send(to, msg) {
+            Ok(()) => {
+                self.counters.mesh_sent.inc();
+                true
+            }
+            Err(MeshError::Full(_)) => {
+                self.counters.mesh_dropped_full.inc();
+                false
+            }
+            Err(_) => {
+                self.counters.mesh_dropped_closed.inc();
+                false
             }
         }
     }
@@ -468,6 +505,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         config,
         limits,
         sockets,
+        livekit,
         mesh,
         stop,
         counters,
@@ -528,7 +566,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         None => (None, None),
     };
     let (media_kick, media_kick_rx) = local_channel::new_bounded(1);
-    let media = ShardMedia::new(id, config.rtp.media_timeout())
+    let media = ShardMedia::new(id, config.rtp.media_timeout(), config.rtp.hold_timeout())
         .map_err(|e| format!("cannot create the media epoll set: {e}"))?;
     let shard = Rc::new(Shard {
         id,
@@ -546,6 +584,13 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         mesh,
         media: RefCell::new(media),
         media_kick,
+        livekit: livekit.as_ref().map(|_| {
+            Rc::new(super::livekit_http::Front::new(
+                id,
+                shards,
+                config.livekit.keys.clone(),
+            ))
+        }),
     });
     glommio::spawn_local(media_loop(Rc::clone(&shard), media_kick_rx)).detach();
 
@@ -559,6 +604,19 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         glommio::spawn_local(sip_transport::accept_loop(Rc::clone(&shard), listener)).detach();
     }
     glommio::spawn_local(sip_transport::idle_sweep(Rc::clone(&shard))).detach();
+    if let (Some(s), Some(front)) = (livekit, &shard.livekit) {
+        let listener = super::livekit_http::into_glommio_listener(s);
+        let mesh_of = Rc::clone(&shard);
+        let hand_over: super::livekit_http::HandOver =
+            Rc::new(move |to, msg| mesh_of.mesh_offer(to, msg));
+        glommio::spawn_local(super::livekit_http::serve(
+            Rc::clone(front),
+            hand_over,
+            listener,
+        ))
+        .detach();
+        glommio::spawn_local(super::signal_rooms::timer_loop(Rc::clone(&front.rooms))).detach();
+    }
     if let Some(mut r) = receivers {
         for (_from, rx) in r.streams() {
             let shard = Rc::clone(&shard);

@@ -114,9 +114,11 @@ pub struct Transmit {
     pub data: Bytes,
 }
 
-/// Identifies a call on its owner shard.
+/// Identifies a call on its owner shard. An `Arc<str>`: the media engine tags
+/// every packet it sends with its call, and cloning this is a refcount, not an
+/// allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallKey(pub String);
+pub struct CallKey(pub Arc<str>);
 
 impl fmt::Display for CallKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -154,6 +156,9 @@ pub struct MediaSpec {
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
     pub ptime_ms: u16,
+    /// Our negotiated direction (RFC 3264 s6.1): hold is a re-INVITE that
+    /// changes it (s8.4).
+    pub direction: sdp::Direction,
     /// Caller number, trunk and rule, for the participant's identity and attributes.
     pub caller: String,
     pub callee: String,
@@ -538,7 +543,7 @@ impl Endpoint {
                     debug!(call_id = %call_id, "no ACK for final response");
                 }
                 TxOutput::ClientTimeout { call_id, .. } => {
-                    let key = CallKey(call_id);
+                    let key = CallKey(call_id.into());
                     if self.calls.contains_key(&key) {
                         self.finish_call(now, &key, EndReason::ByeTimeout);
                     }
@@ -636,7 +641,7 @@ impl Endpoint {
         };
         let status = sip.status().unwrap_or(0);
         if let Some(call_id) = self.tx.on_response(now, &key, status) {
-            let ck = CallKey(call_id);
+            let ck = CallKey(call_id.into());
             if self
                 .calls
                 .get(&ck)
@@ -887,7 +892,7 @@ impl Endpoint {
             );
             return;
         }
-        if self.calls.contains_key(&CallKey(call_id.clone())) {
+        if self.calls.contains_key(&CallKey(call_id.as_str().into())) {
             // A second INVITE without To-tag for a live call: a fork or a loop (s8.2.2.2).
             self.reply(now, &key, &sip, 482);
             return;
@@ -1123,7 +1128,7 @@ impl Endpoint {
         routed: RoutedCall,
     ) {
         let call_id = sip.call_id().unwrap_or_default().to_string();
-        let ck = CallKey(call_id.clone());
+        let ck = CallKey(call_id.as_str().into());
         let local_ip = self.local_ip(&msg.peer);
         let trunk = self.cfg.trunks.get(routed.trunk_index);
         let prefs = trunk.map(|t| t.codec_prefs()).unwrap_or_default();
@@ -1424,7 +1429,7 @@ impl Endpoint {
 
     /// The call a request inside a dialog belongs to: Call-ID, our tag, their tag (s12.2.2).
     fn find_dialog(&self, sip: &SipMessage) -> Option<CallKey> {
-        let ck = CallKey(sip.call_id()?.to_string());
+        let ck = CallKey(sip.call_id()?.into());
         let call = self.calls.get(&ck)?;
         let to_tag = sip.to().ok()?.tag()?;
         let from_tag = sip.from().ok()?.tag();
@@ -1482,7 +1487,7 @@ impl Endpoint {
     fn on_cancel(&mut self, now: Instant, key: TxKey, sip: &SipMessage) {
         // s9.2: the CANCEL matches the INVITE server transaction by branch.
         let invite_key = TxKey::invite_for_cancel(sip);
-        let ck = CallKey(sip.call_id().unwrap_or_default().to_string());
+        let ck = CallKey(sip.call_id().unwrap_or_default().into());
         let matched = invite_key
             .as_ref()
             .is_some_and(|k| self.tx.request(k).is_some());
@@ -1681,7 +1686,7 @@ impl Endpoint {
             .unwrap_or("none");
         *self.stats.ended.entry(reason.as_str()).or_default() += 1;
         let record = CallRecord {
-            call_id: ck.0.clone(),
+            call_id: ck.0.to_string(),
             trunk: call.routed.trunk_id,
             rule: call.routed.dispatch.rule_id.clone(),
             room: call.routed.dispatch.room.clone(),
@@ -1883,6 +1888,7 @@ fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
         payload_type: n.payload_type,
         telephone_event: n.telephone_event,
         ptime_ms: n.ptime_ms,
+        direction: n.direction,
         caller: call.routed.caller.clone(),
         callee: call.routed.callee.clone(),
         trunk_id: call.routed.trunk_id.clone(),

@@ -12,6 +12,7 @@ struct Net {
     /// (shard that sent, transmit)
     sent: Vec<(usize, Transmit)>,
     media: Vec<(usize, String)>,
+    specs: Vec<MediaSpec>,
 }
 
 impl Net {
@@ -27,6 +28,7 @@ impl Net {
             now,
             sent: vec![],
             media: vec![],
+            specs: vec![],
         }
     }
 
@@ -90,7 +92,8 @@ impl Net {
                             self.media.push((s, format!("close {call}")))
                         }
                         Output::MediaStart(spec) => {
-                            self.media.push((s, format!("start {}", spec.call)))
+                            self.media.push((s, format!("start {}", spec.call)));
+                            self.specs.push(spec);
                         }
                     }
                 }
@@ -615,4 +618,49 @@ fn digest_challenge_as_configured_then_call_is_answered() {
             assert_eq!(last, Some(want), "{code} {password}: {:?}", net.statuses());
         }
     }
+}
+
+/// RFC 3264 s8.4: hold and resume by re-INVITE. The answer mirrors the offer's
+/// direction and the media layer is told ours (it stops the mix and the media
+/// timeout while held).
+#[test]
+fn hold_and_resume_by_reinvite_renegotiate_the_direction() {
+    let mut net = Net::new(Config::dev(), 1);
+    net.recv(&invite("call-h", "z9hG4bK-h1", "+15550100", SDP, ""));
+    let ok = ok_for_invite(&net);
+    let tag = to_tag_of(&ok);
+    net.recv(&in_dialog("ACK", "call-h", "z9hG4bK-h1", &tag, 1));
+    assert_eq!(
+        net.specs.last().map(|m| m.direction),
+        Some(sdp::Direction::SendRecv)
+    );
+
+    for (cseq, offer_dir, want) in [
+        (2, "a=inactive\r\n", sdp::Direction::Inactive),
+        (3, "a=sendonly\r\n", sdp::Direction::RecvOnly),
+        (4, "", sdp::Direction::SendRecv),
+    ] {
+        let body = format!("{SDP}{offer_dir}");
+        let branch = format!("z9hG4bK-h{cseq}");
+        let req = invite("call-h", &branch, "+15550100", &body, "")
+            .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+            .replace(
+                "To: <sip:+15550100@127.0.0.1:5060>",
+                &format!("To: <sip:+15550100@127.0.0.1:5060>;tag={tag}"),
+            );
+        net.recv(&req);
+        let (status, answer) = net
+            .responses()
+            .into_iter()
+            .rfind(|(_, t)| t.contains(&format!("CSeq: {cseq} INVITE")))
+            .expect("an answer to the re-INVITE");
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            answer.contains(&format!("a={}\r\n", want.as_str())),
+            "{want:?} in {answer}"
+        );
+        assert_eq!(net.specs.last().map(|m| m.direction), Some(want));
+        net.recv(&in_dialog("ACK", "call-h", &branch, &tag, cseq));
+    }
+    assert_eq!(net.active(), 1);
 }

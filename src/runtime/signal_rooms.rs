@@ -1,0 +1,362 @@
+//! The LiveKit rooms of one shard as the signal protocol sees them, and the
+//! glue between them and the WebSocket connections and SIP calls of that shard.
+//!
+//! Where it sits: `runtime::livekit_http` hands each admitted WebSocket (on the
+//! room's owner shard) to [`SignalRooms::connect`], which joins it to the
+//! room's sans-IO [`RoomSignal`] and returns the connection's [`SignalPeer`].
+//! The SIP side joins each answered call's caller as a participant of kind SIP
+//! ([`SignalRooms::sip_call_started`]) and removes it at hangup. Whatever a
+//! room says (`RoomSignal::poll_output`) is routed here: frames and closes into
+//! the per-connection queue of the participant they are for (waking its
+//! WebSocket task), media requests to the media side, and an empty room is
+//! dropped.
+//!
+//! Owns: the shard's `RoomSignal`s by name, one outbound queue per connected
+//! participant, and which SIP call is which participant. Signal timers (ping
+//! timeout, reconnect grace) are fired by [`SignalRooms::handle_timeout`],
+//! which a shard task calls at [`SignalRooms::poll_timeout`].
+//!
+//! Not yet: the WebRTC side (str0m peers on the shard's UDP port), so offers are
+//! not answered and an SDK's PeerConnection never comes up; media requests are
+//! logged and dropped. A participant removed from the room does not yet hang up
+//! its SIP call.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use super::livekit_http::{SignalOutput as WsOutput, SignalPeer};
+use crate::livekit::http::Upgrade;
+use crate::livekit::signal::{
+    MediaRequest, ParticipantSid, RoomSignal, SignalConfig, SignalOutput,
+};
+use crate::livekit::sip_participant::{CallStatus, InboundCall, SipParticipant};
+use crate::sip::endpoint::MediaSpec;
+
+/// WebSocket close code for a session the room ended (RFC 6455 s7.4.1: 1000).
+const CLOSE_NORMAL: u16 = 1000;
+
+/// Wakes one WebSocket task when its queue gets something (single-threaded).
+#[derive(Debug, Default)]
+pub struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once `notify` has been called since the last time it resolved.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified(self)
+    }
+}
+
+pub struct Notified<'a>(&'a Notify);
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// One connected participant's outbound queue.
+#[derive(Debug, Default)]
+struct Outbound {
+    queue: RefCell<VecDeque<WsOutput>>,
+    notify: Rc<Notify>,
+}
+
+/// The LiveKit rooms of one shard. See the module doc.
+pub struct SignalRooms {
+    shard: usize,
+    config: SignalConfig,
+    seeds: u64,
+    rooms: HashMap<String, RoomSignal>,
+    conns: HashMap<ParticipantSid, Rc<Outbound>>,
+    /// SIP Call-ID -> (room, participant).
+    sip: HashMap<String, (String, ParticipantSid)>,
+}
+
+impl SignalRooms {
+    pub fn new(shard: usize, seed: u64) -> SignalRooms {
+        SignalRooms {
+            shard,
+            config: SignalConfig {
+                node_id: format!("switchboard-shard-{shard}"),
+                ..SignalConfig::default()
+            },
+            seeds: seed,
+            rooms: HashMap::new(),
+            conns: HashMap::new(),
+            sip: HashMap::new(),
+        }
+    }
+
+    fn room(&mut self, name: &str, now: Instant) -> &mut RoomSignal {
+        if !self.rooms.contains_key(name) {
+            self.seeds = self.seeds.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let created_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let room = RoomSignal::new(name, self.config.clone(), self.seeds, created_ms, now);
+            info!(room = name, shard = self.shard, "LiveKit room created");
+            self.rooms.insert(name.to_string(), room);
+        }
+        self.rooms
+            .get_mut(name)
+            .expect("inserted above when it was missing")
+    }
+
+    /// An admitted WebSocket on this (the owner) shard: join it to its room.
+    /// `Err` carries the close code and reason when the room refuses it.
+    pub fn connect(
+        this: &Rc<RefCell<SignalRooms>>,
+        up: &Upgrade,
+        now: Instant,
+    ) -> Result<RoomConnection, (u16, String)> {
+        let mut rooms = this.borrow_mut();
+        let name = up.admission.room.clone();
+        let joined = rooms.room(&name, now).join(&up.admission, &up.request, now);
+        let pid = match joined {
+            Ok(pid) => pid,
+            Err(e) => {
+                warn!(room = %name, error = %e, "signal join refused");
+                rooms.pump(&name);
+                // 1008: policy violation (RFC 6455 s7.4.1).
+                return Err((1008, e.to_string()));
+            }
+        };
+        let out = Rc::new(Outbound::default());
+        rooms.conns.insert(pid.clone(), Rc::clone(&out));
+        rooms.pump(&name);
+        info!(room = %name, participant = %pid, identity = %up.admission.identity, "participant joined");
+        Ok(RoomConnection {
+            rooms: Rc::clone(this),
+            room: name,
+            pid,
+            out,
+            closed: false,
+        })
+    }
+
+    /// A SIP call was answered (or renegotiated) on this shard: its caller is
+    /// (or stays) a participant of kind SIP in the room. A call in a PIN
+    /// waiting room (`pin:<call-id>`) is not announced anywhere.
+    pub fn sip_call_started(&mut self, spec: &MediaSpec, now: Instant) {
+        let call_id = spec.call.to_string();
+        if spec.room.starts_with("pin:") {
+            return;
+        }
+        if let Some((room, _)) = self.sip.get(&call_id) {
+            if *room == spec.room {
+                return; // a re-INVITE: same participant
+            }
+            self.sip_call_ended(&call_id);
+        }
+        let empty = Default::default();
+        let call = InboundCall {
+            from_user: &spec.caller,
+            from_host: "",
+            to_user: &spec.callee,
+            call_id: &call_id,
+            sip_call_id: &call_id,
+            call_tag: "",
+            trunk_id: &spec.trunk_id,
+            rule_id: &spec.rule_id,
+            rule_attributes: &empty,
+            header_attributes: &empty,
+            hide_phone_number: false,
+        };
+        let participant = SipParticipant::inbound(&call, CallStatus::Active);
+        let room = self.room(&spec.room, now);
+        match room.join_sip(participant, false, now) {
+            Ok((pid, _track)) => {
+                info!(call_id = %call_id, room = %spec.room, participant = %pid, "SIP caller joined the LiveKit room");
+                self.sip.insert(call_id, (spec.room.clone(), pid));
+            }
+            Err(e) => {
+                warn!(call_id = %call_id, room = %spec.room, error = %e, "SIP caller not joined")
+            }
+        }
+        self.pump(&spec.room);
+    }
+
+    /// The SIP call hung up: its participant leaves.
+    pub fn sip_call_ended(&mut self, call_id: &str) {
+        let Some((room, pid)) = self.sip.remove(call_id) else {
+            return;
+        };
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.remove_participant(&pid, livekit_protocol::DisconnectReason::ClientInitiated);
+        }
+        self.pump(&room);
+    }
+
+    /// The earliest signal timer of any room.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.rooms
+            .values()
+            .filter_map(RoomSignal::poll_timeout)
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            if let Some(r) = self.rooms.get_mut(&name) {
+                r.handle_timeout(now);
+            }
+            self.pump(&name);
+        }
+    }
+
+    /// Route everything `name` has to say.
+    fn pump(&mut self, name: &str) {
+        let mut empty = false;
+        {
+            let Some(room) = self.rooms.get_mut(name) else {
+                return;
+            };
+            while let Some(o) = room.poll_output() {
+                match o {
+                    SignalOutput::Send { to, frame } => {
+                        if let Some(c) = self.conns.get(&to) {
+                            c.queue.borrow_mut().push_back(WsOutput::Frame(frame));
+                            c.notify.notify();
+                        }
+                    }
+                    SignalOutput::Close { pid, reason } => {
+                        if let Some(c) = self.conns.remove(&pid) {
+                            c.queue.borrow_mut().push_back(WsOutput::Close {
+                                code: CLOSE_NORMAL,
+                                reason: format!("{reason:?}"),
+                            });
+                            c.notify.notify();
+                        }
+                    }
+                    SignalOutput::Media(MediaRequest::ParticipantLeft { pid, reason }) => {
+                        debug!(room = name, participant = %pid, ?reason, "participant left");
+                        self.sip.retain(|_, (_, p)| *p != pid);
+                    }
+                    SignalOutput::Media(req) => {
+                        debug!(
+                            room = name,
+                            ?req,
+                            "media request not carried out: WebRTC is not wired yet"
+                        );
+                    }
+                    SignalOutput::RoomEmpty => empty = true,
+                }
+            }
+        }
+        if empty
+            && self
+                .rooms
+                .get(name)
+                .is_some_and(|r| r.participants().next().is_none())
+        {
+            self.rooms.remove(name);
+            info!(room = name, shard = self.shard, "LiveKit room ended");
+        }
+    }
+
+    /// Rooms open on this shard.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+/// One WebSocket's view of its room: the [`SignalPeer`] the loop drives.
+pub struct RoomConnection {
+    rooms: Rc<RefCell<SignalRooms>>,
+    room: String,
+    pid: ParticipantSid,
+    out: Rc<Outbound>,
+    closed: bool,
+}
+
+impl SignalPeer for RoomConnection {
+    fn handle_frame(&mut self, frame: &[u8], now: Instant) {
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(r) = rooms.rooms.get_mut(&self.room) {
+            if let Err(e) = r.handle_request(&self.pid, frame, now) {
+                debug!(room = %self.room, participant = %self.pid, error = %e, "signal request refused");
+            }
+        }
+        rooms.pump(&self.room);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.rooms.borrow_mut().handle_timeout(now);
+    }
+
+    fn handle_closed(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let mut rooms = self.rooms.borrow_mut();
+        rooms.conns.remove(&self.pid);
+        if let Some(r) = rooms.rooms.get_mut(&self.room) {
+            r.connection_lost(&self.pid, now);
+        }
+        rooms.pump(&self.room);
+    }
+
+    fn poll_output(&mut self, _now: Instant) -> WsOutput {
+        if let Some(o) = self.out.queue.borrow_mut().pop_front() {
+            return o;
+        }
+        // Signal timers run from the shard's task; a room's own frames arrive
+        // through the queue and `notify`.
+        WsOutput::Idle(None)
+    }
+
+    fn notify(&self) -> Option<Rc<Notify>> {
+        Some(Rc::clone(&self.out.notify))
+    }
+}
+
+impl Drop for RoomConnection {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.handle_closed(Instant::now());
+        }
+    }
+}
+
+/// Fire the shard's signal timers as they come due (ping timeouts, reconnect
+/// grace); sleeps at most a second so rooms created meanwhile are seen.
+pub async fn timer_loop(rooms: Rc<RefCell<SignalRooms>>) {
+    loop {
+        let now = Instant::now();
+        let next = rooms.borrow().poll_timeout();
+        let wait = next.map_or(std::time::Duration::from_secs(1), |t| {
+            t.saturating_duration_since(now)
+                .min(std::time::Duration::from_secs(1))
+        });
+        glommio::timer::sleep(wait).await;
+        rooms.borrow_mut().handle_timeout(Instant::now());
+    }
+}
