@@ -20,8 +20,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rustix::time::{clock_gettime, ClockId};
 use switchboard::codec::g711::{Compander, Law};
 use switchboard::codec::opus::{
-    EncoderSettings, Frame, OpusDecoder, OpusEncoder, DEFAULT_COMPLEXITY, FRAME_SAMPLES,
-    MAX_ENCODED_BYTES, MAX_PACKET_SAMPLES,
+    EncoderSettings, Frame, OpusDecoder, OpusEncoder, FRAME_SAMPLES, MAX_ENCODED_BYTES,
+    MAX_PACKET_SAMPLES,
 };
 
 /// CPU time consumed so far by the calling thread.
@@ -113,14 +113,6 @@ fn frames_8k() -> Vec<Frame> {
         .collect()
 }
 
-fn encoder(complexity: u8) -> OpusEncoder {
-    OpusEncoder::with_settings(EncoderSettings {
-        complexity,
-        ..EncoderSettings::default()
-    })
-    .expect("encoder")
-}
-
 /// Our own 8 kHz packets (default settings), one per frame.
 fn packets_8k(frames: &[Frame]) -> Vec<Vec<u8>> {
     let mut enc = OpusEncoder::new().expect("encoder");
@@ -156,13 +148,23 @@ fn encode(c: &mut Criterion<ThreadCpu>) {
     let frames = frames_8k();
     let mut group = c.benchmark_group("opus/encode_20ms_8k");
     let mut out = [0u8; MAX_ENCODED_BYTES];
-    let mut variants: Vec<(String, u8)> = [0u8, 5, 10]
-        .iter()
-        .map(|&cx| (format!("complexity_{cx}"), cx))
-        .collect();
-    variants.push((format!("default_c{DEFAULT_COMPLEXITY}"), DEFAULT_COMPLEXITY));
-    for (name, complexity) in variants {
-        let mut enc = encoder(complexity);
+    // Complexity at two bit rates: at 24 kb/s libopus drops the in-band FEC
+    // below complexity 2 (its equivalent-rate penalty for the cheap SILK
+    // quantiser puts it under the FEC threshold), at 32 kb/s it keeps it.
+    let mut variants: Vec<(String, EncoderSettings)> = Vec::new();
+    for (kbps, complexities) in [(24u32, &[0u8, 1, 2, 5, 10][..]), (32, &[0, 1, 5, 10][..])] {
+        for &complexity in complexities {
+            let settings = EncoderSettings {
+                bitrate_bps: kbps * 1000,
+                complexity,
+                ..EncoderSettings::default()
+            };
+            variants.push((format!("{kbps}k_complexity_{complexity}"), settings));
+        }
+    }
+    variants.push(("default".to_string(), EncoderSettings::default()));
+    for (name, settings) in variants {
+        let mut enc = OpusEncoder::with_settings(settings).expect("encoder");
         let mut i = 0;
         group.bench_function(name, |b| {
             b.iter(|| {

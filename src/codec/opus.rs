@@ -77,13 +77,20 @@ pub const RTP_TICKS_PER_SAMPLE: u32 = RTP_CLOCK_RATE / SAMPLE_RATE;
 /// this long never makes [`OpusEncoder::encode`] fail for lack of room.
 pub const MAX_ENCODED_BYTES: usize = 1 + 1275;
 
-/// Default encoder bit rate. Narrowband SILK is close to transparent for a
-/// G.711 source from about 20 kb/s; 24 kb/s leaves room for the in-band FEC
-/// copy of the previous frame without starving the main one.
-pub const DEFAULT_BITRATE_BPS: u32 = 24_000;
+/// Default encoder bit rate: 32 kb/s, 80 bytes per 20 ms. With
+/// [`DEFAULT_COMPLEXITY`] 0 it is the cheapest setting that keeps the in-band
+/// FEC: libopus counts the complexity 0-1 SILK quantiser as costing 20% of
+/// the rate, and at 24 kb/s that puts it under the narrowband FEC threshold
+/// (`decide_fec` in `opus_encoder.c`), so FEC silently stops. Measured in
+/// `docs/benchmarks-opus.md`: at 32 kb/s complexity 0 matches or beats
+/// complexity 5 at 24 kb/s on every measure we have (spectral SNR, tone SNR,
+/// FEC recovery) for 2.6x less CPU.
+pub const DEFAULT_BITRATE_BPS: u32 = 32_000;
 
-/// Default encoder complexity (0..=10). See `docs/benchmarks-opus.md`.
-pub const DEFAULT_COMPLEXITY: u8 = 5;
+/// Default encoder complexity (0..=10): 0, the cheapest. Encoding is most of
+/// the CPU of a transcoded call; see [`DEFAULT_BITRATE_BPS`] for why the
+/// quality holds.
+pub const DEFAULT_COMPLEXITY: u8 = 0;
 
 /// Default expected packet loss hint, in percent. libopus only codes the
 /// in-band FEC (SILK LBRR frames) when this is above zero; the call's RTCP
@@ -615,10 +622,16 @@ mod tests {
 
     // ---- encoder + decoder at 8 kHz -------------------------------------
 
-    /// Minimum tone SNR after an 8 kHz round trip at the default settings.
-    /// Measured about 26-30 dB (1 kHz) with libopus 1.6.1; SILK is a
-    /// parametric speech coder, so a pure tone comes back with some noise.
-    const MIN_TONE_SNR_DB: f64 = 20.0;
+    /// Minimum tone SNR after an Opus round trip decoded at 8 kHz. Measured
+    /// with libopus 1.6.1: 39-40 dB at our defaults (1 kHz, 440 Hz), 37-44 dB
+    /// from the 48 kHz browser-like encoders. SILK is a speech coder, so a
+    /// pure tone comes back with some noise; 30 dB leaves margin for other
+    /// libopus versions while a wrong rate, band or frequency scores < 0 dB.
+    const MIN_TONE_SNR_DB: f64 = 30.0;
+
+    /// The tone's level must come back within 1 dB of the 8000 sent
+    /// (measured 7850-8100).
+    const LEVEL_WITHIN_1DB: std::ops::Range<f64> = 7130.0..8980.0;
 
     fn round_trip_tone(freq: f64) -> (f64, f64) {
         let input = tone(freq, 8000.0, SAMPLE_RATE, 50 * FRAME_SAMPLES);
@@ -635,10 +648,10 @@ mod tests {
     #[test]
     fn tone_1khz_round_trip_at_8k_keeps_the_tone() {
         let (amplitude, snr) = round_trip_tone(1000.0);
+        eprintln!("1 kHz: SNR {snr:.1} dB, amplitude {amplitude:.0}");
         assert!(snr >= MIN_TONE_SNR_DB, "1 kHz tone SNR {snr:.1} dB");
-        // Level within 3 dB of the 8000 sent.
         assert!(
-            (5700.0..11300.0).contains(&amplitude),
+            LEVEL_WITHIN_1DB.contains(&amplitude),
             "amplitude {amplitude:.0}"
         );
     }
@@ -646,9 +659,10 @@ mod tests {
     #[test]
     fn tone_440hz_round_trip_at_8k_keeps_the_tone() {
         let (amplitude, snr) = round_trip_tone(440.0);
+        eprintln!("440 Hz: SNR {snr:.1} dB, amplitude {amplitude:.0}");
         assert!(snr >= MIN_TONE_SNR_DB, "440 Hz tone SNR {snr:.1} dB");
         assert!(
-            (5700.0..11300.0).contains(&amplitude),
+            LEVEL_WITHIN_1DB.contains(&amplitude),
             "amplitude {amplitude:.0}"
         );
         // The measure itself must reject the wrong tone.
@@ -665,7 +679,7 @@ mod tests {
         let (lag, _) = aligned_snr_db(&input, &decoded, 1600..15_000, 200);
         let spectral = spectral_snr_db(&input, &decoded, 1600..15_000, 200);
         eprintln!("speech-like: delay {lag} samples, spectral SNR {spectral:.1} dB");
-        // Measured about 22 dB at the defaults (docs/benchmarks-opus.md);
+        // Measured 24.4 dB at the defaults (docs/benchmarks-opus.md);
         // a wrong rate, band or gain falls far below.
         assert!(spectral > 15.0, "spectral SNR {spectral:.1} dB");
         // The delay is the encoder look-ahead plus the decoder's: a few ms.
@@ -687,8 +701,8 @@ mod tests {
                 packet_duration(&p).expect("toc").rtp_ticks(),
                 RTP_TICKS_PER_FRAME
             );
-            // 24 kb/s is 60 bytes per 20 ms; VBR stays near it.
-            assert!(p.len() <= 120, "packet of {} bytes", p.len());
+            // 32 kb/s is 80 bytes per 20 ms; VBR stays near it.
+            assert!((20..=160).contains(&p.len()), "packet of {} bytes", p.len());
         }
     }
 
@@ -746,12 +760,13 @@ mod tests {
                 decoded.extend_from_slice(&out[..n]);
             }
             let (amplitude, snr) = tone_fit(&decoded[decoded.len() - 800..], 1000.0, SAMPLE_RATE);
+            eprintln!("browser {app:?} {channels:?}: SNR {snr:.1} dB, amplitude {amplitude:.0}");
             assert!(
                 snr >= MIN_TONE_SNR_DB,
                 "{app:?} {channels:?}: SNR {snr:.1} dB"
             );
             assert!(
-                (5700.0..11300.0).contains(&amplitude),
+                LEVEL_WITHIN_1DB.contains(&amplitude),
                 "{app:?} {channels:?}: amplitude {amplitude:.0}"
             );
         }
@@ -936,19 +951,27 @@ mod tests {
 
     #[test]
     fn fec_recovers_a_lost_frame_better_than_plc() {
+        // At the default rate and complexity, for any loss hint: libopus
+        // turns FEC off when the rate is too low for it, so this guards the
+        // defaults as much as the decoder.
         let input = speech_like(100 * FRAME_SAMPLES);
-        let mut enc = OpusEncoder::with_settings(EncoderSettings {
-            expected_loss_percent: 10,
-            ..Default::default()
-        })
-        .expect("encoder");
-        let packets = encode_all(&mut enc, &input);
         let lost: Vec<usize> = (10..95).step_by(7).collect();
-        let fec = loss_recovery_snr(&packets, &lost, true);
-        let plc = loss_recovery_snr(&packets, &lost, false);
-        // Measured with libopus 1.6.1: FEC about 8 dB, PLC about -1 dB.
-        assert!(fec > plc + 3.0, "FEC {fec:.1} dB vs PLC {plc:.1} dB");
-        assert!(fec > 3.0, "FEC {fec:.1} dB");
+        for loss in [1u8, 5, 20] {
+            let mut enc = OpusEncoder::with_settings(EncoderSettings {
+                expected_loss_percent: loss,
+                ..Default::default()
+            })
+            .expect("encoder");
+            let packets = encode_all(&mut enc, &input);
+            let fec = loss_recovery_snr(&packets, &lost, true);
+            let plc = loss_recovery_snr(&packets, &lost, false);
+            eprintln!("loss hint {loss}%: FEC {fec:.1} dB, PLC {plc:.1} dB");
+            // Measured with libopus 1.6.1: FEC 13.5-15.6 dB, PLC 0.7 dB.
+            assert!(
+                fec > plc + 6.0,
+                "loss {loss}%: FEC {fec:.1} dB vs PLC {plc:.1} dB"
+            );
+        }
     }
 
     #[test]
