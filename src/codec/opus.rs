@@ -33,7 +33,7 @@
 //! by the caller (the jitter buffer), which calls [`OpusDecoder::conceal`]
 //! (Opus packet loss concealment) or, when the next packet has arrived,
 //! [`OpusDecoder::decode_fec`] (the SILK low-bit-rate redundancy of the lost
-//! frame carried in the next packet, RFC 6716 s4.2.4).
+//! frame carried in the next packet, RFC 6716 s4.2).
 //!
 //! The codec is libopus 1.6.1, built from source by `opusic-sys` (the `opus`
 //! crate's default `bundled` feature); this module has no `unsafe` of its own.
@@ -44,8 +44,9 @@
 //! Encoder settings (see `docs/benchmarks-opus.md` for the measurements):
 //! VOIP application, [`DEFAULT_BITRATE_BPS`] and [`DEFAULT_COMPLEXITY`], in-band
 //! FEC on with an expected-loss hint ([`OpusEncoder::set_expected_loss`]),
-//! DTX off (a room participant's track keeps a steady 50 packets/s; comfort
-//! noise would need RFC 3389 handling the room does not do).
+//! DTX off: the trunk leg is continuous G.711, and a steady 50 packets/s keeps
+//! every subscriber's jitter estimate and our RTCP simple; the bandwidth DTX
+//! would save in silence is not what bounds calls per core (CPU is).
 
 use std::time::Duration;
 
@@ -209,6 +210,11 @@ impl PacketDuration {
     }
 }
 
+/// Longest packet accepted, in bytes: an RTP payload never exceeds a UDP
+/// datagram, and a valid Opus packet (120 ms of 1275-byte frames) fits below
+/// it. Keeps every length handed to libopus well inside a C `int`.
+pub const MAX_PACKET_BYTES: usize = 65_535;
+
 /// Longest packet, 120 ms, in 48 kHz ticks (RFC 6716 s3.2.5, requirement R5).
 const MAX_PACKET_TICKS: u32 = 120 * 48;
 
@@ -368,7 +374,7 @@ impl OpusDecoder {
     /// packet.
     pub fn decode(&mut self, packet: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
         // An empty slice would mean "conceal" to libopus: refuse it here.
-        let needed = packet_duration(packet)?.samples();
+        let needed = checked_duration(packet)?.samples();
         if out.len() < needed {
             return Err(OpusError::OutputTooSmall {
                 needed,
@@ -389,7 +395,7 @@ impl OpusDecoder {
     }
 
     /// Recovers one lost 20 ms frame from the in-band FEC (SILK LBRR data,
-    /// RFC 6716 s4.2.4) of `next_packet`, the packet that follows the loss.
+    /// RFC 6716 s4.2) of `next_packet`, the packet that follows the loss.
     /// Writes [`FRAME_SAMPLES`] samples and returns that count.
     ///
     /// When `next_packet` carries no FEC (a CELT-only packet, or an encoder
@@ -397,7 +403,7 @@ impl OpusDecoder {
     /// [`conceal`](Self::conceal) would. `next_packet` itself must then still
     /// be decoded with [`decode`](Self::decode).
     pub fn decode_fec(&mut self, next_packet: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
-        packet_duration(next_packet)?;
+        checked_duration(next_packet)?;
         let out = frame_slot(out)?;
         Ok(self.inner.decode(next_packet, out, true)?)
     }
@@ -406,6 +412,16 @@ impl OpusDecoder {
     pub fn reset(&mut self) -> Result<(), OpusError> {
         Ok(self.inner.reset_state()?)
     }
+}
+
+/// [`packet_duration`], after refusing packets over [`MAX_PACKET_BYTES`].
+fn checked_duration(packet: &[u8]) -> Result<PacketDuration, OpusError> {
+    if packet.len() > MAX_PACKET_BYTES {
+        return Err(OpusError::MalformedPacket(
+            "packet larger than a UDP datagram",
+        ));
+    }
+    packet_duration(packet)
 }
 
 /// The first 20 ms of `out`, or the error saying it is too short.
@@ -1078,6 +1094,11 @@ mod tests {
             .collect();
         assert_eq!(codes, [1, 2, 3], "the three framings are all tested");
         let p = &joined[1];
+        let huge = vec![1u8 << 3; MAX_PACKET_BYTES + 1];
+        assert!(matches!(
+            dec.decode(&huge, &mut out),
+            Err(OpusError::MalformedPacket(_))
+        ));
         // The decoder still works after the errors.
         assert_eq!(dec.decode(p, &mut out), Ok(3 * FRAME_SAMPLES));
     }
