@@ -1,5 +1,6 @@
 //! Opus at 8 kHz per 20 ms frame (`switchboard::codec::opus`, libopus 1.6.1):
-//! encode at complexity 0/5/10 and the default, decode (our 8 kHz packets and
+//! encode at complexity 0/1/2/5/10 (24 kb/s) and 0/1/5/10 (32 kb/s) side by
+//! side with the default, and at 48 kHz for scale; decode (our 8 kHz packets and
 //! a browser's 48 kHz ones), PLC and FEC of one lost frame, and one transcode
 //! step of a call in each direction (PCMU -> Opus, Opus -> PCMU), G.711
 //! included.

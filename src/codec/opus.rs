@@ -35,6 +35,27 @@
 //! [`OpusDecoder::decode_fec`] (the SILK low-bit-rate redundancy of the lost
 //! frame carried in the next packet, RFC 6716 s4.2).
 //!
+//! ```
+//! use switchboard::codec::opus::{
+//!     packet_duration, OpusDecoder, OpusEncoder, FRAME_SAMPLES, MAX_ENCODED_BYTES,
+//!     MAX_PACKET_SAMPLES, RTP_TICKS_PER_FRAME,
+//! };
+//!
+//! let mut encoder = OpusEncoder::new()?;
+//! let mut decoder = OpusDecoder::new()?;
+//! let frame = [0i16; FRAME_SAMPLES];
+//! let mut packet = [0u8; MAX_ENCODED_BYTES];
+//! let len = encoder.encode(&frame, &mut packet)?;
+//! // The jitter buffer times the packet without decoding it.
+//! assert_eq!(packet_duration(&packet[..len])?.rtp_ticks(), RTP_TICKS_PER_FRAME);
+//!
+//! let mut pcm = [0i16; MAX_PACKET_SAMPLES];
+//! assert_eq!(decoder.decode(&packet[..len], &mut pcm)?, FRAME_SAMPLES);
+//! // The next packet is lost: conceal it.
+//! assert_eq!(decoder.conceal(&mut pcm)?, FRAME_SAMPLES);
+//! # Ok::<(), switchboard::codec::opus::OpusError>(())
+//! ```
+//!
 //! The codec is libopus 1.6.1, built from source by `opusic-sys` (the `opus`
 //! crate's default `bundled` feature); this module has no `unsafe` of its own.
 //! Peer input is checked before it reaches libopus (empty packets, TOC
