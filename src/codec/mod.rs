@@ -13,3 +13,4 @@
 //! slice and a caller-owned output buffer, so no per-packet path allocates.
 
 pub mod g711;
+pub mod opus;
