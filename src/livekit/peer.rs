@@ -377,6 +377,31 @@ impl WebRtcPeer {
         Ok(())
     }
 
+    /// A trickled candidate as LiveKit's signal carries it
+    /// (`TrickleRequest.candidateInit`): the client's `RTCIceCandidateInit`
+    /// as JSON, `{"candidate":"candidate:...","sdpMid":"0",...}`. An empty
+    /// `candidate` is the end-of-candidates marker (W3C WebRTC s4.8.1) and
+    /// is accepted as a no-op.
+    pub fn add_remote_candidate_init(&mut self, json: &str) -> Result<(), PeerError> {
+        /// The one field we need; the others (sdpMid, sdpMLineIndex,
+        /// usernameFragment) do not matter with BUNDLE and one ICE agent.
+        #[derive(serde::Deserialize)]
+        struct CandidateInit {
+            candidate: String,
+        }
+        // An RTCIceCandidateInit is a few hundred bytes.
+        const MAX_INIT_LEN: usize = 4096;
+        if json.len() > MAX_INIT_LEN {
+            return Err(PeerError::BadCandidate(format!("{} bytes", json.len())));
+        }
+        let init: CandidateInit =
+            serde_json::from_str(json).map_err(|e| PeerError::BadCandidate(e.to_string()))?;
+        if init.candidate.trim().is_empty() {
+            return Ok(());
+        }
+        self.add_remote_candidate(&init.candidate)
+    }
+
     /// Whether this datagram belongs to this peer (str0m `Rtc::accepts`:
     /// the nominated remote address, or a STUN message with our ufrag).
     pub fn accepts(&self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) -> bool {
@@ -1272,6 +1297,44 @@ mod tests {
             peer.add_remote_candidate(&c.to_sdp_string()),
             Err(PeerError::TooManyCandidates)
         ));
+    }
+
+    #[test]
+    fn candidate_init_json_as_the_signal_carries_it() {
+        let now = Instant::now();
+        let config = PeerConfig {
+            host: server_addr(),
+            rtp_mode: false,
+        };
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        peer.accept_offer(PYTHON_OFFER).expect("answer");
+        // What libwebrtc's RTCIceCandidate.toJSON() gives (with its
+        // extension attributes after the type).
+        let init = r#"{"candidate":"candidate:3157186281 1 udp 2122260223 192.168.1.5 54321 typ host generation 0 ufrag SJH5 network-id 1","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"SJH5"}"#;
+        peer.add_remote_candidate_init(init)
+            .expect("browser candidate");
+        assert_eq!(peer.remote_candidates, 1);
+        // End of candidates: accepted, nothing added.
+        peer.add_remote_candidate_init(r#"{"candidate":"","sdpMid":"0"}"#)
+            .expect("end-of-candidates");
+        assert_eq!(peer.remote_candidates, 1);
+        for bad in [
+            "not json",
+            r#"{"sdpMid":"0"}"#,
+            r#"{"candidate":"candidate:x"}"#,
+            r#"{"candidate":42}"#,
+        ] {
+            assert!(
+                matches!(
+                    peer.add_remote_candidate_init(bad),
+                    Err(PeerError::BadCandidate(_))
+                ),
+                "{bad}"
+            );
+        }
+        let huge = format!(r#"{{"candidate":"{}"}}"#, "a".repeat(5000));
+        assert!(peer.add_remote_candidate_init(&huge).is_err());
+        assert_eq!(peer.remote_candidates, 1);
     }
 
     #[test]
