@@ -34,6 +34,7 @@
 pub mod connect;
 pub mod http;
 pub mod ids;
+pub mod peer;
 pub mod signal;
 pub mod sip_participant;
 pub mod token;
