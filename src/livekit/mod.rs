@@ -26,7 +26,12 @@
 //!   name, kind SIP, `sip.*` attributes, call status) and DTMF codes;
 //! - [`ids`]: LiveKit-style ids (`RM_`, `PA_`, `TR_`, `SCL_`).
 //!
-//! The signal session and the WebRTC participants come next (see the plan).
+//! - [`signal`]: one room's LiveKit signal state (`RoomSignal`), sans-IO;
+//! - [`peer`]: one participant's WebRTC session over str0m (ICE-lite, Opus,
+//!   data channels), and `PeerSet` to demultiplex a shard's UDP port.
+//!
+//! Not wired yet: the peers to the shard's sockets and rooms (docs/livekit.md
+//! section 0 says what works end to end).
 //!
 //! Like the rest of the protocol cores it never reads the clock or touches a
 //! socket: the time of a check is an argument (`now_unix`).
