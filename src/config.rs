@@ -163,6 +163,9 @@ pub struct LiveKitConfig {
     /// API key -> secret (`Debug` never shows the secrets). Empty: the LiveKit
     /// port stays closed, since no token could ever be accepted.
     pub keys: KeyStore,
+    /// First UDP port of WebRTC media (ICE-lite host candidates): shard `i`
+    /// listens on `rtc_port + i`. 0: each shard takes an ephemeral port.
+    pub rtc_port: u16,
 }
 
 impl LiveKitConfig {
@@ -173,6 +176,8 @@ impl LiveKitConfig {
 }
 
 pub const DEFAULT_LIVEKIT_PORT: u16 = 7880;
+/// `[livekit] rtc_port`: livekit-server's default UDP port is 7882.
+pub const DEFAULT_RTC_PORT: u16 = 7882;
 pub const DEFAULT_SIP_PORT: u16 = 5060;
 pub const DEFAULT_RTP_PORT_MIN: u16 = 10000;
 pub const DEFAULT_RTP_PORT_MAX: u16 = 20000;
@@ -418,6 +423,7 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawLiveKit {
     port: Field<u16>,
+    rtc_port: Field<u16>,
     keys: Option<Vec<Spanned<RawApiKey>>>,
 }
 
@@ -673,6 +679,7 @@ impl Resolver<'_, '_> {
             return Ok(LiveKitConfig {
                 port: DEFAULT_LIVEKIT_PORT,
                 keys: KeyStore::new(),
+                rtc_port: DEFAULT_RTC_PORT,
             });
         };
         let mut keys = KeyStore::new();
@@ -722,6 +729,7 @@ impl Resolver<'_, '_> {
         Ok(LiveKitConfig {
             port: value_or(&raw.port, DEFAULT_LIVEKIT_PORT),
             keys,
+            rtc_port: value_or(&raw.rtc_port, DEFAULT_RTC_PORT),
         })
     }
 
@@ -1498,6 +1506,7 @@ mod tests {
         );
         let c = Config::from_str(&text, "lk.toml").unwrap();
         assert_eq!(c.livekit.port, 17880);
+        assert_eq!(c.livekit.rtc_port, DEFAULT_RTC_PORT);
         assert!(c.livekit.enabled());
         assert!(c.livekit.keys.contains("APIa") && c.livekit.keys.contains("APIb"));
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);

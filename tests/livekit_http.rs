@@ -40,6 +40,7 @@ shards = 2
 
 [livekit]
 port = @LK_PORT@
+rtc_port = 0
 
 [[livekit.keys]]
 key = "devkey"
@@ -432,13 +433,8 @@ fn python_sdk_connect_fails_with_the_401_message() {
     for ((name, _, want), got) in cases.iter().zip(&results) {
         assert_eq!(got["name"], *name);
         if want.is_empty() {
-            // Until livekit::signal exists the server closes right after the
-            // 101, so the SDK fails, but not with a refusal.
-            let error = got["error"].as_str().unwrap_or_default();
-            assert!(
-                got["connected"] == true || !error.contains("401"),
-                "{name}: refused: {got}"
-            );
+            // Admitted: the SDK joins the room (signal + WebRTC connect).
+            assert_eq!(got["connected"], true, "{name}: {got}");
             continue;
         }
         assert_eq!(got["connected"], false, "{name}: {got}");
@@ -628,6 +624,89 @@ fn a_signal_client_sees_the_phone_caller_as_a_sip_participant() {
         }
     };
     assert!(left.version > caller.version, "versions only grow");
+    call.wait().assert_all_succeeded(&server, 1);
+    server.stop();
+}
+
+/// The issue's own check with the real Python SDK: a phone call (sipp) lands in
+/// `call-+15550100`; `rtc.Room().connect()` to that room succeeds (signal,
+/// ICE-lite, DTLS, data channels), `remote_participants` holds the caller with
+/// `kind == PARTICIPANT_KIND_SIP`, identity `sip_+15550001`, name `Phone
+/// +15550001` and the `sip.*` attributes; when sipp hangs up the SDK sees the
+/// SIP participant disconnect.
+#[test]
+fn python_sdk_sees_the_phone_caller_as_kind_sip() {
+    let test = "python_sdk_sees_the_phone_caller_as_kind_sip";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let Some(sipp) = common::sipp_or_skip(test) else {
+        return;
+    };
+    let scratch = Scratch::new("lk_python_sip");
+    let ports = Ports::alloc(8);
+    let lk_port = alloc_ports(1, true);
+    let cfg = format!(
+        "{}{TRUNK_AND_RULE}",
+        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
+    );
+    let server = Server::start(&scratch, &cfg, &ports);
+    let call = common::Sipp::new(common::Scenario::file("uac_call.xml"))
+        .called("+15550100")
+        .pause_ms(8000)
+        .timeout(Duration::from_secs(40))
+        .spawn(&sipp, &scratch, &ports, "uac_call");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server
+        .log_lines_with(&["SIP caller joined the LiveKit room"])
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never joined the room"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let good = token("call-+15550100", b"secret", now_unix() - 5);
+    let out = Command::new(python())
+        .arg(repo_path("tests/python/livekit_sees_sip_caller.py"))
+        .arg(format!("ws://127.0.0.1:{lk_port}"))
+        .arg(&good)
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    if got["connected"] != true {
+        server.fail(&format!("the SDK did not connect: {got}"));
+    }
+    let sip: Vec<&serde_json::Value> = got["participants"]
+        .as_array()
+        .map(|a| a.iter().filter(|p| p["is_sip"] == true).collect())
+        .unwrap_or_default();
+    assert_eq!(sip.len(), 1, "one SIP participant: {got}");
+    let p = sip[0];
+    assert_eq!(p["identity"], "sip_+15550001", "{got}");
+    assert_eq!(p["name"], "Phone +15550001", "{got}");
+    assert_eq!(p["kind"], 3, "PARTICIPANT_KIND_SIP: {got}");
+    assert_eq!(p["attributes"]["sip.phoneNumber"], "+15550001", "{got}");
+    assert_eq!(
+        p["attributes"]["sip.trunkPhoneNumber"], "+15550100",
+        "{got}"
+    );
+    assert_eq!(p["attributes"]["sip.trunkID"], "ST_open", "{got}");
+    assert_eq!(p["attributes"]["sip.ruleID"], "SDR_callee", "{got}");
+    assert_eq!(p["attributes"]["sip.callStatus"], "active", "{got}");
+    assert_eq!(
+        got["sip_left"], true,
+        "the SDK sees the caller leave: {got}"
+    );
     call.wait().assert_all_succeeded(&server, 1);
     server.stop();
 }

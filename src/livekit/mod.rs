@@ -30,7 +30,8 @@
 //! - [`peer`]: one participant's WebRTC session over str0m (ICE-lite, Opus,
 //!   data channels), and `PeerSet` to demultiplex a shard's UDP port.
 //!
-//! Not wired yet: the peers to the shard's sockets and rooms (docs/livekit.md
+//! Wired to the shards by `runtime::signal_rooms` (signal and WebRTC
+//! connection); media through the room is not routed yet (docs/livekit.md
 //! section 0 says what works end to end).
 //!
 //! Like the rest of the protocol cores it never reads the clock or touches a

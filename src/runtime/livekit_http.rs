@@ -31,8 +31,8 @@
 //! Signal session: an admitted connection joins its room's `RoomSignal`
 //! through `runtime::signal_rooms` (which also seats the shard's SIP callers
 //! in those rooms); a join the room refuses is closed with 1008 and the reason.
-//! The WebRTC side is not wired yet, so an SDK gets its JoinResponse and sees
-//! the room's participants, but its PeerConnection never comes up.
+//! WebRTC connects through `signal_rooms::WebRtc` (media routing is not there
+//! yet).
 
 use std::cell::{Cell, RefCell};
 use std::io;

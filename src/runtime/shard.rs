@@ -616,6 +616,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         ))
         .detach();
         glommio::spawn_local(super::signal_rooms::timer_loop(Rc::clone(&front.rooms))).detach();
+        open_webrtc_port(id, &config, front);
     }
     if let Some(mut r) = receivers {
         for (_from, rx) in r.streams() {
@@ -703,6 +704,63 @@ fn core_affinity_hint() -> Option<i32> {
     // SAFETY: sched_getcpu takes no arguments and only returns a number.
     let cpu = unsafe { libc::sched_getcpu() };
     (cpu >= 0).then_some(cpu)
+}
+
+/// The shard's WebRTC UDP port (`[livekit] rtc_port` + shard, or ephemeral):
+/// bound on `sip.bind` (the host's first IPv4 address when that is the
+/// wildcard, since ICE announces a concrete address). A port that cannot be
+/// opened leaves the shard without WebRTC (logged): signaling still works.
+fn open_webrtc_port(id: usize, config: &Config, front: &Rc<super::livekit_http::Front>) {
+    let ip = if config.sip.bind.is_unspecified() {
+        match super::system::host_ipv4() {
+            Some(ip) => std::net::IpAddr::V4(ip),
+            None => {
+                warn!(
+                    shard = id,
+                    "no IPv4 address for WebRTC host candidates; WebRTC off"
+                );
+                return;
+            }
+        }
+    } else {
+        config.sip.bind
+    };
+    let port = match config.livekit.rtc_port {
+        0 => 0,
+        p => match u16::try_from(usize::from(p) + id) {
+            Ok(p) => p,
+            Err(_) => {
+                warn!(shard = id, "rtc_port + shard is past 65535; WebRTC off");
+                return;
+            }
+        },
+    };
+    let socket = match glommio::net::UdpSocket::bind(SocketAddr::new(ip, port)) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(shard = id, %ip, port, error = %e, "cannot bind the WebRTC port; WebRTC off on this shard");
+            return;
+        }
+    };
+    let host = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(shard = id, error = %e, "WebRTC port has no address; WebRTC off");
+            return;
+        }
+    };
+    match super::signal_rooms::WebRtc::new(host) {
+        Ok(w) => {
+            info!(shard = id, %host, "WebRTC port open");
+            front.rooms.borrow_mut().webrtc = Some(w);
+            glommio::spawn_local(super::signal_rooms::webrtc_loop(
+                Rc::clone(&front.rooms),
+                socket,
+            ))
+            .detach();
+        }
+        Err(e) => warn!(shard = id, error = %e, "WebRTC off on this shard"),
+    }
 }
 
 #[cfg(test)]

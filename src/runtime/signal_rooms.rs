@@ -16,10 +16,13 @@
 //! timeout, reconnect grace) are fired by [`SignalRooms::handle_timeout`],
 //! which a shard task calls at [`SignalRooms::poll_timeout`].
 //!
-//! Not yet: the WebRTC side (str0m peers on the shard's UDP port), so offers are
-//! not answered and an SDK's PeerConnection never comes up; media requests are
-//! logged and dropped. A participant removed from the room does not yet hang up
-//! its SIP call.
+//! WebRTC ([`WebRtc`]): one UDP port per shard; a participant's offer creates
+//! its str0m peer (`livekit::peer`) and is answered through the room, trickled
+//! candidates are added, and [`webrtc_loop`] carries datagrams and timers. So
+//! an SDK connects for real. Not yet: media and data through the room (the
+//! peers' Opus packets and data-channel messages are dropped, subscriptions
+//! are not forwarded), and a participant removed from the room does not yet
+//! hang up its SIP call.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +36,9 @@ use tracing::{debug, info, warn};
 
 use super::livekit_http::{SignalOutput as WsOutput, SignalPeer};
 use crate::livekit::http::Upgrade;
+use crate::livekit::peer::{
+    Datagram, PeerConfig, PeerEvent, PeerKey, PeerOutput, PeerSet, ShardDtls, WebRtcPeer,
+};
 use crate::livekit::signal::{
     MediaRequest, ParticipantSid, RoomSignal, SignalConfig, SignalOutput,
 };
@@ -83,6 +89,161 @@ struct Outbound {
     notify: Rc<Notify>,
 }
 
+/// The shard's WebRTC side: its UDP port's peers (one per participant).
+pub struct WebRtc {
+    /// Our host candidate: the UDP socket's address as announced.
+    pub host: std::net::SocketAddr,
+    dtls: ShardDtls,
+    peers: PeerSet,
+    by_pid: HashMap<ParticipantSid, PeerKey>,
+    deadlines: HashMap<PeerKey, Instant>,
+    /// Datagrams to send from the shard's UDP socket.
+    pub outbox: VecDeque<Datagram>,
+    /// Wakes the UDP task (datagrams queued, a deadline moved).
+    pub notify: Rc<Notify>,
+}
+
+/// At most this many datagrams wait for the socket; beyond, the oldest are
+/// dropped (a peer's ICE/DTLS retransmits, RTP is loss tolerant).
+const MAX_OUTBOX: usize = 4096;
+
+impl WebRtc {
+    pub fn new(host: std::net::SocketAddr) -> Result<WebRtc, String> {
+        let dtls = ShardDtls::generate().map_err(|e| format!("DTLS certificate: {e}"))?;
+        Ok(WebRtc {
+            host,
+            dtls,
+            peers: PeerSet::new(),
+            by_pid: HashMap::new(),
+            deadlines: HashMap::new(),
+            outbox: VecDeque::new(),
+            notify: Rc::new(Notify::default()),
+        })
+    }
+
+    /// Run a peer until it waits: queue its datagrams, note its deadline.
+    fn drain(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        loop {
+            match peer.poll() {
+                Ok(PeerOutput::Transmit(d)) => {
+                    if self.outbox.len() >= MAX_OUTBOX {
+                        self.outbox.pop_front();
+                    }
+                    self.outbox.push_back(d);
+                }
+                Ok(PeerOutput::Event(e)) => match e {
+                    PeerEvent::Connected => info!(peer = ?key, "WebRTC peer connected"),
+                    PeerEvent::Disconnected => info!(peer = ?key, "WebRTC peer disconnected"),
+                    PeerEvent::ChannelOpen { label } => {
+                        debug!(peer = ?key, %label, "data channel open")
+                    }
+                    // Media and data are not routed yet (the room model change).
+                    _ => {}
+                },
+                Ok(PeerOutput::Timeout(t)) => {
+                    self.deadlines.insert(key, t);
+                    break;
+                }
+                Err(e) => {
+                    warn!(peer = ?key, error = %e, "WebRTC peer failed; dropped");
+                    self.peers.remove(key);
+                    self.deadlines.remove(&key);
+                    self.by_pid.retain(|_, k| *k != key);
+                    break;
+                }
+            }
+        }
+        self.notify.notify();
+    }
+
+    /// A datagram on the shard's UDP port.
+    pub fn handle_datagram(&mut self, from: std::net::SocketAddr, bytes: &[u8], now: Instant) {
+        match self.peers.handle_datagram(from, self.host, bytes, now) {
+            Ok(key) => self.drain(key),
+            Err(e) => debug!(%from, error = %e, "WebRTC datagram dropped"),
+        }
+    }
+
+    /// The earliest peer deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.values().min().copied()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerKey> = self
+            .deadlines
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some(p) = self.peers.get_mut(key) {
+                if let Err(e) = p.handle_timeout(now) {
+                    debug!(peer = ?key, error = %e, "WebRTC timeout");
+                }
+            }
+            self.deadlines.remove(&key);
+            self.drain(key);
+        }
+    }
+
+    /// The participant's offer: answer it (creating its peer on the first).
+    fn accept_offer(&mut self, pid: &ParticipantSid, sdp: &str, now: Instant) -> Option<String> {
+        let key = match self.by_pid.get(pid) {
+            Some(k) => *k,
+            None => {
+                let config = PeerConfig {
+                    host: self.host,
+                    rtp_mode: false,
+                };
+                let peer = match WebRtcPeer::new(&config, &self.dtls, now) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(participant = %pid, error = %e, "WebRTC peer not created");
+                        return None;
+                    }
+                };
+                let k = self.peers.insert(peer);
+                self.by_pid.insert(pid.clone(), k);
+                k
+            }
+        };
+        let answer = match self.peers.get_mut(key)?.accept_offer(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(participant = %pid, error = %e, "offer refused");
+                return None;
+            }
+        };
+        self.drain(key);
+        Some(answer)
+    }
+
+    fn remote_candidate(&mut self, pid: &ParticipantSid, init: &str) {
+        let Some(key) = self.by_pid.get(pid).copied() else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(key) {
+            if let Err(e) = p.add_remote_candidate_init(init) {
+                debug!(participant = %pid, error = %e, "remote candidate ignored");
+            }
+        }
+        self.drain(key);
+    }
+
+    fn remove(&mut self, pid: &ParticipantSid) {
+        if let Some(key) = self.by_pid.remove(pid) {
+            if let Some(mut p) = self.peers.remove(key) {
+                let _ = p.close();
+            }
+            self.deadlines.remove(&key);
+        }
+    }
+}
+
 /// The LiveKit rooms of one shard. See the module doc.
 pub struct SignalRooms {
     shard: usize,
@@ -92,6 +253,8 @@ pub struct SignalRooms {
     conns: HashMap<ParticipantSid, Rc<Outbound>>,
     /// SIP Call-ID -> (room, participant).
     sip: HashMap<String, (String, ParticipantSid)>,
+    /// The shard's WebRTC port, when it could be opened.
+    pub webrtc: Option<WebRtc>,
 }
 
 impl SignalRooms {
@@ -106,6 +269,7 @@ impl SignalRooms {
             rooms: HashMap::new(),
             conns: HashMap::new(),
             sip: HashMap::new(),
+            webrtc: None,
         }
     }
 
@@ -259,12 +423,40 @@ impl SignalRooms {
                     SignalOutput::Media(MediaRequest::ParticipantLeft { pid, reason }) => {
                         debug!(room = name, participant = %pid, ?reason, "participant left");
                         self.sip.retain(|_, (_, p)| *p != pid);
+                        if let Some(w) = &mut self.webrtc {
+                            w.remove(&pid);
+                        }
+                    }
+                    SignalOutput::Media(MediaRequest::AcceptOffer { pid, sdp, id }) => {
+                        let answer = self
+                            .webrtc
+                            .as_mut()
+                            .and_then(|w| w.accept_offer(&pid, &sdp, Instant::now()));
+                        match answer {
+                            Some(a) => {
+                                if let Err(e) = room.send_answer(&pid, a, id, HashMap::new()) {
+                                    debug!(room = name, participant = %pid, error = %e, "answer not sent");
+                                }
+                            }
+                            None => {
+                                debug!(room = name, participant = %pid, "offer not answered (no WebRTC port on this shard)")
+                            }
+                        }
+                    }
+                    SignalOutput::Media(MediaRequest::RemoteCandidate {
+                        pid,
+                        candidate_init,
+                        ..
+                    }) => {
+                        if let Some(w) = &mut self.webrtc {
+                            w.remote_candidate(&pid, &candidate_init);
+                        }
                     }
                     SignalOutput::Media(req) => {
                         debug!(
                             room = name,
                             ?req,
-                            "media request not carried out: WebRTC is not wired yet"
+                            "media request not carried out yet (the room model change)"
                         );
                     }
                     SignalOutput::RoomEmpty => empty = true,
@@ -344,6 +536,65 @@ impl Drop for RoomConnection {
             self.handle_closed(Instant::now());
         }
     }
+}
+
+/// The shard's WebRTC UDP port: datagrams in to the peers, the peers'
+/// datagrams out, their timers fired.
+pub async fn webrtc_loop(rooms: Rc<RefCell<SignalRooms>>, socket: glommio::net::UdpSocket) {
+    let socket = Rc::new(socket);
+    let recv = {
+        let rooms = Rc::clone(&rooms);
+        let socket = Rc::clone(&socket);
+        async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match socket.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        let mut r = rooms.borrow_mut();
+                        if let Some(w) = &mut r.webrtc {
+                            w.handle_datagram(from, &buf[..n], Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "WebRTC port receive error");
+                        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+    };
+    let send = async move {
+        loop {
+            let notify = rooms.borrow().webrtc.as_ref().map(|w| Rc::clone(&w.notify));
+            let Some(notify) = notify else { return };
+            // Send what is queued.
+            loop {
+                let next = rooms
+                    .borrow_mut()
+                    .webrtc
+                    .as_mut()
+                    .and_then(|w| w.outbox.pop_front());
+                let Some(d) = next else { break };
+                if let Err(e) = socket.send_to(&d.bytes, d.to).await {
+                    debug!(to = %d.to, error = %e, "WebRTC send failed");
+                }
+            }
+            let deadline = rooms
+                .borrow()
+                .webrtc
+                .as_ref()
+                .and_then(WebRtc::poll_timeout);
+            let wait = deadline.map_or(std::time::Duration::from_secs(1), |t| {
+                t.saturating_duration_since(Instant::now())
+                    .min(std::time::Duration::from_secs(1))
+            });
+            futures_lite::future::or(notify.notified(), glommio::timer::sleep(wait)).await;
+            if let Some(w) = &mut rooms.borrow_mut().webrtc {
+                w.handle_timeout(Instant::now());
+            }
+        }
+    };
+    futures_lite::future::zip(recv, send).await;
 }
 
 /// Fire the shard's signal timers as they come due (ping timeouts, reconnect
