@@ -710,3 +710,81 @@ fn python_sdk_sees_the_phone_caller_as_kind_sip() {
     call.wait().assert_all_succeeded(&server, 1);
     server.stop();
 }
+
+/// A token for `identity` in `room`, signed with the test key.
+fn token_for(room: &str, identity: &str) -> String {
+    let mut c = Claims::new("devkey", identity, now_unix() - 5, 3600);
+    c.video = Some(VideoGrant {
+        room_join: true,
+        room: room.into(),
+        ..VideoGrant::default()
+    });
+    encode(&c, b"secret")
+}
+
+/// Two SDK participants exchange data packets (the test): three real
+/// Python SDK participants in one room; alice's reliable and lossy packets reach
+/// bob and carol with their topic and alice as the sender, and a packet for bob
+/// only reaches bob only.
+#[test]
+fn python_sdk_participants_exchange_data_packets() {
+    let test = "python_sdk_participants_exchange_data_packets";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start("lk_python_data");
+    let out = Command::new(python())
+        .arg(repo_path("tests/python/livekit_data_packets.py"))
+        .arg(format!("ws://{}", lk.addr))
+        .arg(token_for("chat", "alice"))
+        .arg(token_for("chat", "bob"))
+        .arg(token_for("chat", "carol"))
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    if got["error"] != "" {
+        lk.server.fail(&format!("the SDK failed: {got}"));
+    }
+    let seen = |who: &str| -> Vec<(String, String, String)> {
+        let mut v: Vec<(String, String, String)> = got[who]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["data"].as_str().unwrap_or("").to_owned(),
+                            p["topic"].as_str().unwrap_or("").to_owned(),
+                            p["from"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let t = |d: &str, topic: &str| (d.to_owned(), topic.to_owned(), "alice".to_owned());
+    assert_eq!(
+        seen("bob"),
+        vec![
+            t("for bob only", "dm"),
+            t("hello everyone", "chat"),
+            t("lossy hello", "chat")
+        ],
+        "{got}"
+    );
+    assert_eq!(
+        seen("carol"),
+        vec![t("hello everyone", "chat"), t("lossy hello", "chat")],
+        "{got}"
+    );
+    lk.server.stop();
+}

@@ -19,10 +19,10 @@
 //! WebRTC ([`WebRtc`]): one UDP port per shard; a participant's offer creates
 //! its str0m peer (`livekit::peer`) and is answered through the room, trickled
 //! candidates are added, and [`webrtc_loop`] carries datagrams and timers. So
-//! an SDK connects for real. Not yet: media and data through the room (the
-//! peers' Opus packets and data-channel messages are dropped, subscriptions
-//! are not forwarded), and a participant removed from the room does not yet
-//! hang up its SIP call.
+//! an SDK connects for real, and data-channel messages are relayed as the room
+//! routes them. Not yet: media through the room (the peers' Opus packets are
+//! dropped, subscriptions are not forwarded), SIP DTMF from participants, and a
+//! participant removed from the room does not yet hang up its SIP call.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -101,6 +101,11 @@ pub struct WebRtc {
     pub outbox: VecDeque<Datagram>,
     /// Wakes the UDP task (datagrams queued, a deadline moved).
     pub notify: Rc<Notify>,
+    /// Whose peer each is: (participant, room).
+    owners: HashMap<PeerKey, (ParticipantSid, String)>,
+    /// Data-channel messages received, to route through their room:
+    /// (from, room, packet, reliable).
+    data_in: Vec<(ParticipantSid, String, Vec<u8>, bool)>,
 }
 
 /// At most this many datagrams wait for the socket; beyond, the oldest are
@@ -118,6 +123,8 @@ impl WebRtc {
             deadlines: HashMap::new(),
             outbox: VecDeque::new(),
             notify: Rc::new(Notify::default()),
+            owners: HashMap::new(),
+            data_in: Vec::new(),
         })
     }
 
@@ -140,6 +147,17 @@ impl WebRtc {
                     PeerEvent::ChannelOpen { label } => {
                         debug!(peer = ?key, %label, "data channel open")
                     }
+                    PeerEvent::ChannelMessage { label, data, .. } => {
+                        // LiveKit's DataPackets: `_reliable` and `_lossy`
+                        // (a bounded queue: a flood is dropped, not stored).
+                        if let Some((pid, room)) = self.owners.get(&key) {
+                            if self.data_in.len() < MAX_OUTBOX {
+                                let reliable = &*label == "_reliable";
+                                self.data_in
+                                    .push((pid.clone(), room.clone(), data, reliable));
+                            }
+                        }
+                    }
                     // Media and data are not routed yet (the room model change).
                     _ => {}
                 },
@@ -151,6 +169,7 @@ impl WebRtc {
                     warn!(peer = ?key, error = %e, "WebRTC peer failed; dropped");
                     self.peers.remove(key);
                     self.deadlines.remove(&key);
+                    self.owners.remove(&key);
                     self.by_pid.retain(|_, k| *k != key);
                     break;
                 }
@@ -191,7 +210,13 @@ impl WebRtc {
     }
 
     /// The participant's offer: answer it (creating its peer on the first).
-    fn accept_offer(&mut self, pid: &ParticipantSid, sdp: &str, now: Instant) -> Option<String> {
+    fn accept_offer(
+        &mut self,
+        pid: &ParticipantSid,
+        room: &str,
+        sdp: &str,
+        now: Instant,
+    ) -> Option<String> {
         let key = match self.by_pid.get(pid) {
             Some(k) => *k,
             None => {
@@ -208,6 +233,7 @@ impl WebRtc {
                 };
                 let k = self.peers.insert(peer);
                 self.by_pid.insert(pid.clone(), k);
+                self.owners.insert(k, (pid.clone(), room.to_string()));
                 k
             }
         };
@@ -240,7 +266,22 @@ impl WebRtc {
                 let _ = p.close();
             }
             self.deadlines.remove(&key);
+            self.owners.remove(&key);
         }
+    }
+
+    /// Send a data packet to `pid` on `_reliable` or `_lossy`.
+    fn send_data(&mut self, pid: &ParticipantSid, packet: &[u8], reliable: bool) {
+        let Some(key) = self.by_pid.get(pid).copied() else {
+            return;
+        };
+        let label = if reliable { "_reliable" } else { "_lossy" };
+        if let Some(p) = self.peers.get_mut(key) {
+            if let Err(e) = p.send_data(label, true, packet) {
+                debug!(participant = %pid, error = %e, "data packet not sent");
+            }
+        }
+        self.drain(key);
     }
 }
 
@@ -431,7 +472,7 @@ impl SignalRooms {
                         let answer = self
                             .webrtc
                             .as_mut()
-                            .and_then(|w| w.accept_offer(&pid, &sdp, Instant::now()));
+                            .and_then(|w| w.accept_offer(&pid, name, &sdp, Instant::now()));
                         match answer {
                             Some(a) => {
                                 if let Err(e) = room.send_answer(&pid, a, id, HashMap::new()) {
@@ -471,6 +512,48 @@ impl SignalRooms {
         {
             self.rooms.remove(name);
             info!(room = name, shard = self.shard, "LiveKit room ended");
+        }
+    }
+
+    /// A datagram on the shard's WebRTC port.
+    pub fn webrtc_datagram(&mut self, from: std::net::SocketAddr, bytes: &[u8], now: Instant) {
+        if let Some(w) = &mut self.webrtc {
+            w.handle_datagram(from, bytes, now);
+        }
+        self.route_data();
+    }
+
+    /// The WebRTC peers' timers.
+    pub fn webrtc_timeout(&mut self, now: Instant) {
+        if let Some(w) = &mut self.webrtc {
+            w.handle_timeout(now);
+        }
+        self.route_data();
+    }
+
+    /// Relay the data packets the peers received, as their rooms say
+    /// (`RoomSignal::route_data`: destinations, the sender's identity set by us).
+    fn route_data(&mut self) {
+        let Some(w) = &mut self.webrtc else {
+            return;
+        };
+        for (from, room, packet, reliable) in std::mem::take(&mut w.data_in) {
+            let Some(r) = self.rooms.get(&room) else {
+                continue;
+            };
+            match r.route_data(&from, &packet, reliable) {
+                Ok(route) => {
+                    for to in &route.to {
+                        w.send_data(to, &route.packet, route.reliable);
+                    }
+                    if !route.dtmf_to_sip.is_empty() {
+                        debug!(room = %room, "SIP DTMF from a participant: not played yet");
+                    }
+                }
+                Err(e) => {
+                    debug!(room = %room, participant = %from, error = %e, "data packet dropped")
+                }
+            }
         }
     }
 
@@ -550,10 +633,9 @@ pub async fn webrtc_loop(rooms: Rc<RefCell<SignalRooms>>, socket: glommio::net::
             loop {
                 match socket.recv_from(&mut buf).await {
                     Ok((n, from)) => {
-                        let mut r = rooms.borrow_mut();
-                        if let Some(w) = &mut r.webrtc {
-                            w.handle_datagram(from, &buf[..n], Instant::now());
-                        }
+                        rooms
+                            .borrow_mut()
+                            .webrtc_datagram(from, &buf[..n], Instant::now());
                     }
                     Err(e) => {
                         debug!(error = %e, "WebRTC port receive error");
@@ -589,9 +671,7 @@ pub async fn webrtc_loop(rooms: Rc<RefCell<SignalRooms>>, socket: glommio::net::
                     .min(std::time::Duration::from_secs(1))
             });
             futures_lite::future::or(notify.notified(), glommio::timer::sleep(wait)).await;
-            if let Some(w) = &mut rooms.borrow_mut().webrtc {
-                w.handle_timeout(Instant::now());
-            }
+            rooms.borrow_mut().webrtc_timeout(Instant::now());
         }
     };
     futures_lite::future::zip(recv, send).await;
