@@ -13,6 +13,7 @@
 //! a missing SDK fails it (`scripts/install-deps.sh` installs it).
 
 mod common;
+mod ua;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -787,4 +788,77 @@ fn python_sdk_participants_exchange_data_packets() {
         "{got}"
     );
     lk.server.stop();
+}
+
+/// The caller's key presses reach the room (the test): a SIP caller
+/// (our test UA, RFC 4733 events in its RTP) in `call-+15550100` presses 5, 9
+/// and #; a real Python SDK participant in that room gets them as
+/// `sip_dtmf_received` from the SIP participant, in order.
+#[test]
+fn python_sdk_receives_the_callers_dtmf() {
+    use std::io::BufRead as _;
+    let test = "python_sdk_receives_the_callers_dtmf";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let scratch = Scratch::new("lk_python_dtmf");
+    let ports = Ports::alloc(8);
+    let lk_port = alloc_ports(1, true);
+    let cfg = format!(
+        "{}{TRUNK_AND_RULE}",
+        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
+    );
+    let server = Server::start(&scratch, &cfg, &ports);
+    let mut caller = ua::Ua::new(ports.server_addr(), "+15550007", "+15550100", "lkdtmf");
+    assert_eq!(caller.call(), 200);
+    let mut sdk = Command::new(python())
+        .arg(repo_path("tests/python/livekit_sip_dtmf.py"))
+        .arg(format!("ws://127.0.0.1:{lk_port}"))
+        .arg(token("call-+15550100", b"secret", now_unix() - 5))
+        .arg("3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the SDK script");
+    let mut lines = std::io::BufReader::new(sdk.stdout.take().expect("piped")).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(ready, "ready", "the SDK script's first line");
+    let mut plan = ua::StreamPlan::tone(0.0, 120);
+    plan.dtmf = vec![(10, 5), (50, 9), (90, 11)]; // '5', '9', '#'
+    let run = ua::MediaRun::start(&caller.rtp, caller.remote_rtp.expect("answer's RTP"), plan);
+    run.stop();
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    let status = sdk.wait().expect("SDK script exit");
+    assert!(status.success(), "SDK script: {status}: {result}");
+    let got: serde_json::Value =
+        serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    if got["error"] != "" {
+        server.fail(&format!("the SDK failed: {got}"));
+    }
+    let digits: Vec<(String, i64, String)> = got["digits"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["digit"].as_str().unwrap_or("").to_owned(),
+                        d["code"].as_i64().unwrap_or(-1),
+                        d["from"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let from = "sip_+15550007".to_owned();
+    assert_eq!(
+        digits,
+        vec![
+            ("5".into(), 5, from.clone()),
+            ("9".into(), 9, from.clone()),
+            ("#".into(), 11, from)
+        ],
+        "{got}"
+    );
+    assert_eq!(caller.bye(), 200);
+    server.stop();
 }

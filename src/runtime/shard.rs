@@ -347,6 +347,9 @@ async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
                     }
                 }
                 MediaNotice::Dtmf(call, digit) => {
+                    if let Some(front) = &shard.livekit {
+                        front.rooms.borrow_mut().sip_dtmf(&call.to_string(), digit);
+                    }
                     if let Ok(mut ep) = shard.endpoint.try_borrow_mut() {
                         ep.handle_dtmf(now, &call, digit);
                         shard.drain(&mut ep, now);

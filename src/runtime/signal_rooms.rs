@@ -19,8 +19,8 @@
 //! WebRTC ([`WebRtc`]): one UDP port per shard; a participant's offer creates
 //! its str0m peer (`livekit::peer`) and is answered through the room, trickled
 //! candidates are added, and [`webrtc_loop`] carries datagrams and timers. So
-//! an SDK connects for real, and data-channel messages are relayed as the room
-//! routes them. Not yet: media through the room (the peers' Opus packets are
+//! an SDK connects for real, data-channel messages are relayed as the room
+//! routes them, and a caller's DTMF goes to the room as SIP DTMF packets. Not yet: media through the room (the peers' Opus packets are
 //! dropped, subscriptions are not forwarded), SIP DTMF from participants, and a
 //! participant removed from the room does not yet hang up its SIP call.
 
@@ -554,6 +554,26 @@ impl SignalRooms {
                     debug!(room = %room, participant = %from, error = %e, "data packet dropped")
                 }
             }
+        }
+    }
+
+    /// The caller of `call_id` pressed `digit` (RFC 4733): the room's
+    /// participants get a LiveKit SIP DTMF data packet (the SDKs'
+    /// `sip_dtmf_received`).
+    pub fn sip_dtmf(&mut self, call_id: &str, digit: char) {
+        let Some((room, pid)) = self.sip.get(call_id) else {
+            return; // not in a LiveKit room (a PIN room, or no LiveKit port)
+        };
+        let (Some(r), Some(w)) = (self.rooms.get(room), &mut self.webrtc) else {
+            return;
+        };
+        match r.sip_dtmf(pid, digit) {
+            Ok(route) => {
+                for to in &route.to {
+                    w.send_data(to, &route.packet, true);
+                }
+            }
+            Err(e) => debug!(call_id, room = %room, error = %e, "DTMF not relayed"),
         }
     }
 
