@@ -862,3 +862,68 @@ fn python_sdk_receives_the_callers_dtmf() {
     assert_eq!(caller.bye(), 200);
     server.stop();
 }
+
+/// A participant's key presses reach the caller (the test): the real
+/// Python SDK publishes SIP DTMF 7 then #; the SIP caller (our test UA, which
+/// offered telephone-event 101) receives RFC 4733 events 7 and 11, each with
+/// its end packets, in that order.
+#[test]
+fn python_sdk_dtmf_is_played_to_the_caller() {
+    let test = "python_sdk_dtmf_is_played_to_the_caller";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let scratch = Scratch::new("lk_python_dtmf_out");
+    let ports = Ports::alloc(8);
+    let lk_port = alloc_ports(1, true);
+    let cfg = format!(
+        "{}{TRUNK_AND_RULE}",
+        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
+    );
+    let server = Server::start(&scratch, &cfg, &ports);
+    let mut caller = ua::Ua::new(ports.server_addr(), "+15550008", "+15550100", "lkdtmfout");
+    assert_eq!(caller.call(), 200);
+    // The caller keeps sending (silence) so its stream is live, for 6 s.
+    let run = ua::MediaRun::start(
+        &caller.rtp,
+        caller.remote_rtp.expect("answer's RTP"),
+        ua::StreamPlan::tone(0.0, 300),
+    );
+    let out = Command::new(python())
+        .arg(repo_path("tests/python/livekit_send_dtmf.py"))
+        .arg(format!("ws://127.0.0.1:{lk_port}"))
+        .arg(token("call-+15550100", b"secret", now_unix() - 5))
+        .args(["7", "#"])
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    if got["error"] != "" {
+        server.fail(&format!("the SDK failed: {got}"));
+    }
+    let received = run.stop();
+    // RFC 4733 s2.3: event code in the first byte, E bit 0x80 of the second.
+    let mut events: Vec<u8> = Vec::new();
+    let mut ends = 0;
+    for r in received
+        .iter()
+        .filter(|r| r.pt == 101 && r.payload.len() >= 4)
+    {
+        if events.last() != Some(&r.payload[0]) {
+            events.push(r.payload[0]);
+        }
+        if r.payload[1] & 0x80 != 0 {
+            ends += 1;
+        }
+    }
+    assert_eq!(events, vec![7, 11], "events received by the caller");
+    assert!(ends >= 2, "each digit ends with end packets: {ends}");
+    assert_eq!(caller.bye(), 200);
+    server.stop();
+}

@@ -229,6 +229,22 @@ impl ShardMedia {
         self.deadline = Some(now);
     }
 
+    /// Play `digit` to the caller as RFC 4733 events (a LiveKit participant's
+    /// SIP DTMF). False when the call is unknown here, did not offer
+    /// telephone-event, or a digit is still playing.
+    pub fn send_dtmf(
+        &mut self,
+        now: Instant,
+        call: &CallKey,
+        digit: char,
+        duration_ms: u32,
+    ) -> bool {
+        let Some(port) = self.ports.get(call) else {
+            return false;
+        };
+        self.engine.send_dtmf(now, &port.key, digit, duration_ms)
+    }
+
     /// The call ended: its media figures for the call record; sockets closed.
     pub fn close(&mut self, now: Instant, call: &CallKey) -> MediaFigures {
         // Packets that arrived before the hangup but were not read yet belong in

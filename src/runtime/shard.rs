@@ -619,6 +619,24 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         ))
         .detach();
         glommio::spawn_local(super::signal_rooms::timer_loop(Rc::clone(&front.rooms))).detach();
+        // A participant's SIP DTMF is played to the caller by this shard's
+        // media engine (the room and its calls live here). Holds the shard
+        // weakly: the rooms belong to the shard, not the other way round.
+        let weak = Rc::downgrade(&shard);
+        front.rooms.borrow_mut().dtmf_to_caller =
+            Some(Rc::new(move |call_id: &str, digit: char| {
+                let Some(shard) = weak.upgrade() else {
+                    return false;
+                };
+                let key = crate::sip::endpoint::CallKey(call_id.into());
+                let Ok(mut media) = shard.media.try_borrow_mut() else {
+                    return false;
+                };
+                let played = media.send_dtmf(Instant::now(), &key, digit, 100);
+                drop(media);
+                let _ = shard.media_kick.try_send(());
+                played
+            }));
         open_webrtc_port(id, &config, front);
     }
     if let Some(mut r) = receivers {

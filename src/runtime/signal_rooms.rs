@@ -285,6 +285,9 @@ impl WebRtc {
     }
 }
 
+/// Plays a digit to the SIP caller with this Call-ID; false if it could not.
+pub type DtmfToCaller = Rc<dyn Fn(&str, char) -> bool>;
+
 /// The LiveKit rooms of one shard. See the module doc.
 pub struct SignalRooms {
     shard: usize,
@@ -296,6 +299,9 @@ pub struct SignalRooms {
     sip: HashMap<String, (String, ParticipantSid)>,
     /// The shard's WebRTC port, when it could be opened.
     pub webrtc: Option<WebRtc>,
+    /// Plays a digit to a SIP caller (by Call-ID), as RFC 4733 events: the
+    /// shard's media engine, set by the shard.
+    pub dtmf_to_caller: Option<DtmfToCaller>,
 }
 
 impl SignalRooms {
@@ -311,6 +317,7 @@ impl SignalRooms {
             conns: HashMap::new(),
             sip: HashMap::new(),
             webrtc: None,
+            dtmf_to_caller: None,
         }
     }
 
@@ -537,6 +544,7 @@ impl SignalRooms {
         let Some(w) = &mut self.webrtc else {
             return;
         };
+        let w: &mut WebRtc = w;
         for (from, room, packet, reliable) in std::mem::take(&mut w.data_in) {
             let Some(r) = self.rooms.get(&room) else {
                 continue;
@@ -546,8 +554,21 @@ impl SignalRooms {
                     for to in &route.to {
                         w.send_data(to, &route.packet, route.reliable);
                     }
-                    if !route.dtmf_to_sip.is_empty() {
-                        debug!(room = %room, "SIP DTMF from a participant: not played yet");
+                    for (pid, digit) in &route.dtmf_to_sip {
+                        let call = self
+                            .sip
+                            .iter()
+                            .find(|(_, (_, p))| p == pid)
+                            .map(|(c, _)| c.clone());
+                        let played = match (call, &self.dtmf_to_caller) {
+                            (Some(c), Some(play)) => play(&c, *digit),
+                            _ => false,
+                        };
+                        if played {
+                            info!(room = %room, participant = %pid, digit = %digit, "DTMF played to the caller");
+                        } else {
+                            debug!(room = %room, participant = %pid, digit = %digit, "DTMF not played (no telephone-event, or a digit still playing)");
+                        }
                     }
                 }
                 Err(e) => {
