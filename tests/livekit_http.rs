@@ -613,9 +613,15 @@ fn a_signal_client_sees_the_phone_caller_as_a_sip_participant() {
     assert_eq!(attr("sip.ruleID"), Some("SDR_callee"));
     assert_eq!(attr("sip.callStatus"), Some("active"));
 
-    // sipp hangs up after its pause: the caller leaves the room.
+    // sipp hangs up after its pause: the caller's status says hangup, then
+    // it leaves the room.
+    let mut hangup_seen = false;
     let left = loop {
         if let Some(signal_response::Message::Update(u)) = ws.response().message {
+            hangup_seen |= u.participants.iter().any(|p| {
+                p.sid == caller.sid
+                    && p.attributes.get("sip.callStatus").map(String::as_str) == Some("hangup")
+            });
             let gone = u.participants.iter().find(|p| {
                 p.sid == caller.sid && p.state == participant_info::State::Disconnected as i32
             });
@@ -625,6 +631,10 @@ fn a_signal_client_sees_the_phone_caller_as_a_sip_participant() {
         }
     };
     assert!(left.version > caller.version, "versions only grow");
+    assert!(
+        hangup_seen,
+        "sip.callStatus went to hangup before the leave"
+    );
     call.wait().assert_all_succeeded(&server, 1);
     server.stop();
 }
@@ -704,6 +714,13 @@ fn python_sdk_sees_the_phone_caller_as_kind_sip() {
     assert_eq!(p["attributes"]["sip.trunkID"], "ST_open", "{got}");
     assert_eq!(p["attributes"]["sip.ruleID"], "SDR_callee", "{got}");
     assert_eq!(p["attributes"]["sip.callStatus"], "active", "{got}");
+    let call_id = p["attributes"]["sip.callID"].as_str().unwrap_or("");
+    assert!(call_id.starts_with("SCL_"), "LiveKit's call id: {got}");
+    let full = p["attributes"]["sip.callIDFull"].as_str().unwrap_or("");
+    assert!(
+        full.ends_with("@127.0.0.1"),
+        "the SIP Call-ID (sipp's): {got}"
+    );
     assert_eq!(
         got["sip_left"], true,
         "the SDK sees the caller leave: {got}"

@@ -383,11 +383,14 @@ impl SignalRooms {
             self.sip_call_ended(&call_id);
         }
         let empty = Default::default();
+        // `sip.callID` is LiveKit's own id for the call (SCL_...); the SIP
+        // Call-ID goes in `sip.callIDFull`.
+        let scl = crate::livekit::ids::new_id("SCL_", &mut rand::thread_rng());
         let call = InboundCall {
             from_user: &spec.caller,
             from_host: "",
             to_user: &spec.callee,
-            call_id: &call_id,
+            call_id: &scl,
             sip_call_id: &call_id,
             call_tag: "",
             trunk_id: &spec.trunk_id,
@@ -416,6 +419,8 @@ impl SignalRooms {
             return;
         };
         if let Some(r) = self.rooms.get_mut(&room) {
+            // As livekit-sip: the status says hangup, then the participant goes.
+            r.set_call_status(&pid, CallStatus::Hangup);
             r.remove_participant(&pid, livekit_protocol::DisconnectReason::ClientInitiated);
         }
         self.pump(&room);
