@@ -54,24 +54,69 @@ const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 struct LiveKit {
     server: Server,
+    /// The LiveKit port.
     addr: SocketAddr,
-    _scratch: Scratch,
+    scratch: Scratch,
+    /// SIP and RTP ports of the server.
+    ports: Ports,
 }
 
+impl LiveKit {
+    /// `ws://` URL of the LiveKit port, for the SDKs.
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+/// The server with `CONFIG` (no trunk: SIP calls get 404).
 fn start(name: &str) -> LiveKit {
+    start_with(name, "")
+}
+
+/// The server with `CONFIG` and `extra` appended (trunks, rules).
+fn start_with(name: &str, extra: &str) -> LiveKit {
     let scratch = Scratch::new(name);
-    let ports = Ports::alloc(4);
+    let ports = Ports::alloc(8);
     let lk = alloc_ports(1, true);
-    let server = Server::start(
-        &scratch,
-        &CONFIG.replace("@LK_PORT@", &lk.to_string()),
-        &ports,
-    );
+    let cfg = format!("{}{extra}", CONFIG.replace("@LK_PORT@", &lk.to_string()));
+    let server = Server::start(&scratch, &cfg, &ports);
     LiveKit {
         server,
         addr: SocketAddr::from(([127, 0, 0, 1], lk)),
-        _scratch: scratch,
+        scratch,
+        ports,
     }
+}
+
+/// Wait (at most 10 s) until the server has logged a line containing `needle`.
+fn wait_for_log(server: &Server, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.log_lines_with(&[needle]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged: {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run an SDK script in `tests/python/` to the end; its last stdout line is
+/// its JSON report.
+fn sdk_script(script: &str, args: &[String]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(repo_path(&format!("tests/python/{script}")))
+        .args(args)
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script}: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
 }
 
 fn now_unix() -> i64 {
@@ -557,31 +602,14 @@ fn a_signal_client_sees_the_phone_caller_as_a_sip_participant() {
     let Some(sipp) = common::sipp_or_skip("lk_sees_sip") else {
         return;
     };
-    let scratch = Scratch::new("lk_sees_sip");
-    let ports = Ports::alloc(8);
-    let lk_port = alloc_ports(1, true);
-    let cfg = format!(
-        "{}{TRUNK_AND_RULE}",
-        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
-    );
-    let server = Server::start(&scratch, &cfg, &ports);
-    let addr = SocketAddr::from(([127, 0, 0, 1], lk_port));
+    let lk = start_with("lk_sees_sip", TRUNK_AND_RULE);
+    let addr = lk.addr;
     let call = common::Sipp::new(common::Scenario::file("uac_call.xml"))
         .called("+15550100")
         .pause_ms(4000)
         .timeout(Duration::from_secs(30))
-        .spawn(&sipp, &scratch, &ports, "uac_call");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server
-        .log_lines_with(&["SIP caller joined the LiveKit room"])
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never joined the room"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .spawn(&sipp, &lk.scratch, &lk.ports, "uac_call");
+    wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
 
     let good = token("call-+15550100", b"secret", now_unix() - 5);
     let mut ws = WsClient::open(
@@ -635,8 +663,8 @@ fn a_signal_client_sees_the_phone_caller_as_a_sip_participant() {
         hangup_seen,
         "sip.callStatus went to hangup before the leave"
     );
-    call.wait().assert_all_succeeded(&server, 1);
-    server.stop();
+    call.wait().assert_all_succeeded(&lk.server, 1);
+    lk.server.stop();
 }
 
 /// The issue's own check with the real Python SDK: a phone call (sipp) lands in
@@ -654,48 +682,17 @@ fn python_sdk_sees_the_phone_caller_as_kind_sip() {
     let Some(sipp) = common::sipp_or_skip(test) else {
         return;
     };
-    let scratch = Scratch::new("lk_python_sip");
-    let ports = Ports::alloc(8);
-    let lk_port = alloc_ports(1, true);
-    let cfg = format!(
-        "{}{TRUNK_AND_RULE}",
-        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
-    );
-    let server = Server::start(&scratch, &cfg, &ports);
+    let lk = start_with("lk_python_sip", TRUNK_AND_RULE);
     let call = common::Sipp::new(common::Scenario::file("uac_call.xml"))
         .called("+15550100")
         .pause_ms(8000)
         .timeout(Duration::from_secs(40))
-        .spawn(&sipp, &scratch, &ports, "uac_call");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server
-        .log_lines_with(&["SIP caller joined the LiveKit room"])
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never joined the room"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .spawn(&sipp, &lk.scratch, &lk.ports, "uac_call");
+    wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
     let good = token("call-+15550100", b"secret", now_unix() - 5);
-    let out = Command::new(python())
-        .arg(repo_path("tests/python/livekit_sees_sip_caller.py"))
-        .arg(format!("ws://127.0.0.1:{lk_port}"))
-        .arg(&good)
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script: {}\n{stdout}\n{stderr}",
-        out.status
-    );
-    let got: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let got = sdk_script("livekit_sees_sip_caller.py", &[lk.url(), good]);
     if got["connected"] != true {
-        server.fail(&format!("the SDK did not connect: {got}"));
+        lk.server.fail(&format!("the SDK did not connect: {got}"));
     }
     let sip: Vec<&serde_json::Value> = got["participants"]
         .as_array()
@@ -725,8 +722,8 @@ fn python_sdk_sees_the_phone_caller_as_kind_sip() {
         got["sip_left"], true,
         "the SDK sees the caller leave: {got}"
     );
-    call.wait().assert_all_succeeded(&server, 1);
-    server.stop();
+    call.wait().assert_all_succeeded(&lk.server, 1);
+    lk.server.stop();
 }
 
 /// A token for `identity` in `room`, signed with the test key.
@@ -751,23 +748,15 @@ fn python_sdk_participants_exchange_data_packets() {
         return;
     }
     let lk = start("lk_python_data");
-    let out = Command::new(python())
-        .arg(repo_path("tests/python/livekit_data_packets.py"))
-        .arg(format!("ws://{}", lk.addr))
-        .arg(token_for("chat", "alice"))
-        .arg(token_for("chat", "bob"))
-        .arg(token_for("chat", "carol"))
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script: {}\n{stdout}\n{stderr}",
-        out.status
+    let got = sdk_script(
+        "livekit_data_packets.py",
+        &[
+            lk.url(),
+            token_for("chat", "alice"),
+            token_for("chat", "bob"),
+            token_for("chat", "carol"),
+        ],
     );
-    let got: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
     if got["error"] != "" {
         lk.server.fail(&format!("the SDK failed: {got}"));
     }
@@ -818,19 +807,12 @@ fn python_sdk_receives_the_callers_dtmf() {
     if !python_sdk_or_skip(test) {
         return;
     }
-    let scratch = Scratch::new("lk_python_dtmf");
-    let ports = Ports::alloc(8);
-    let lk_port = alloc_ports(1, true);
-    let cfg = format!(
-        "{}{TRUNK_AND_RULE}",
-        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
-    );
-    let server = Server::start(&scratch, &cfg, &ports);
-    let mut caller = ua::Ua::new(ports.server_addr(), "+15550007", "+15550100", "lkdtmf");
+    let lk = start_with("lk_python_dtmf", TRUNK_AND_RULE);
+    let mut caller = ua::Ua::new(lk.ports.server_addr(), "+15550007", "+15550100", "lkdtmf");
     assert_eq!(caller.call(), 200);
     let mut sdk = Command::new(python())
         .arg(repo_path("tests/python/livekit_sip_dtmf.py"))
-        .arg(format!("ws://127.0.0.1:{lk_port}"))
+        .arg(lk.url())
         .arg(token("call-+15550100", b"secret", now_unix() - 5))
         .arg("3")
         .stdout(std::process::Stdio::piped())
@@ -850,7 +832,7 @@ fn python_sdk_receives_the_callers_dtmf() {
     let got: serde_json::Value =
         serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
     if got["error"] != "" {
-        server.fail(&format!("the SDK failed: {got}"));
+        lk.server.fail(&format!("the SDK failed: {got}"));
     }
     let digits: Vec<(String, i64, String)> = got["digits"]
         .as_array()
@@ -877,7 +859,7 @@ fn python_sdk_receives_the_callers_dtmf() {
         "{got}"
     );
     assert_eq!(caller.bye(), 200);
-    server.stop();
+    lk.server.stop();
 }
 
 /// A participant's key presses reach the caller (the test): the real
@@ -890,15 +872,13 @@ fn python_sdk_dtmf_is_played_to_the_caller() {
     if !python_sdk_or_skip(test) {
         return;
     }
-    let scratch = Scratch::new("lk_python_dtmf_out");
-    let ports = Ports::alloc(8);
-    let lk_port = alloc_ports(1, true);
-    let cfg = format!(
-        "{}{TRUNK_AND_RULE}",
-        CONFIG.replace("@LK_PORT@", &lk_port.to_string())
+    let lk = start_with("lk_python_dtmf_out", TRUNK_AND_RULE);
+    let mut caller = ua::Ua::new(
+        lk.ports.server_addr(),
+        "+15550008",
+        "+15550100",
+        "lkdtmfout",
     );
-    let server = Server::start(&scratch, &cfg, &ports);
-    let mut caller = ua::Ua::new(ports.server_addr(), "+15550008", "+15550100", "lkdtmfout");
     assert_eq!(caller.call(), 200);
     // The caller keeps sending (silence) so its stream is live, for 6 s.
     let run = ua::MediaRun::start(
@@ -906,23 +886,17 @@ fn python_sdk_dtmf_is_played_to_the_caller() {
         caller.remote_rtp.expect("answer's RTP"),
         ua::StreamPlan::tone(0.0, 300),
     );
-    let out = Command::new(python())
-        .arg(repo_path("tests/python/livekit_send_dtmf.py"))
-        .arg(format!("ws://127.0.0.1:{lk_port}"))
-        .arg(token("call-+15550100", b"secret", now_unix() - 5))
-        .args(["7", "#"])
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let got = sdk_script(
+        "livekit_send_dtmf.py",
+        &[
+            lk.url(),
+            token("call-+15550100", b"secret", now_unix() - 5),
+            "7".into(),
+            "#".into(),
+        ],
     );
-    let got: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     if got["error"] != "" {
-        server.fail(&format!("the SDK failed: {got}"));
+        lk.server.fail(&format!("the SDK failed: {got}"));
     }
     let received = run.stop();
     // RFC 4733 s2.3: event code in the first byte, E bit 0x80 of the second.
@@ -942,5 +916,5 @@ fn python_sdk_dtmf_is_played_to_the_caller() {
     assert_eq!(events, vec![7, 11], "events received by the caller");
     assert!(ends >= 2, "each digit ends with end packets: {ends}");
     assert_eq!(caller.bye(), 200);
-    server.stop();
+    lk.server.stop();
 }
