@@ -492,6 +492,19 @@ impl MediaEngine {
         }
     }
 
+    /// The key presses the call's session has finished, as events.
+    fn report_digits(stats: &mut ShardMediaStats, out: &mut Outbox, key: &CallKey, c: &mut Call) {
+        while let Some(ev) = c.session.poll_dtmf() {
+            stats.dtmf_in += 1;
+            out.event(MediaEvent::Dtmf {
+                call: key.clone(),
+                room: c.room.clone(),
+                digit: ev.digit,
+                duration_ms: ev.duration_ms,
+            });
+        }
+    }
+
     /// Drop stale entries off the top (so `next_deadline` is a real one), and
     /// rebuild the heap if stale entries pile up (many calls ended or moved
     /// their deadlines earlier since they surfaced): memory stays O(rooms + calls).
@@ -656,15 +669,7 @@ impl MediaEngine {
             Inbound::Event { .. } => {
                 // A key press now being tracked has an end timer.
                 Self::schedule_if_earlier(&mut self.timers, call, c);
-                while let Some(ev) = c.session.poll_dtmf() {
-                    self.stats.dtmf_in += 1;
-                    self.out.event(MediaEvent::Dtmf {
-                        call: call.clone(),
-                        room: c.room.clone(),
-                        digit: ev.digit,
-                        duration_ms: ev.duration_ms,
-                    });
-                }
+                Self::report_digits(&mut self.stats, &mut self.out, call, c);
             }
             Inbound::Rtcp | Inbound::Dropped(_) => {}
         }
@@ -748,15 +753,7 @@ impl MediaEngine {
                             self.stats.rtcp_out += 1;
                             self.stats.lost += c.session.take_lost_delta();
                         }
-                        while let Some(ev) = c.session.poll_dtmf() {
-                            self.stats.dtmf_in += 1;
-                            self.out.event(MediaEvent::Dtmf {
-                                call: key.clone(),
-                                room: c.room.clone(),
-                                digit: ev.digit,
-                                duration_ms: ev.duration_ms,
-                            });
-                        }
+                        Self::report_digits(&mut self.stats, &mut self.out, &key, c);
                     }
                     // Due, or its deadline moved later since (RTP came): either
                     // way its next one is the live entry now.

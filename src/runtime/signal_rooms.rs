@@ -167,10 +167,9 @@ impl WebRtc {
                 }
                 Err(e) => {
                     warn!(peer = ?key, error = %e, "WebRTC peer failed; dropped");
-                    self.peers.remove(key);
-                    self.deadlines.remove(&key);
-                    self.owners.remove(&key);
-                    self.by_pid.retain(|_, k| *k != key);
+                    if let Some((pid, _)) = self.owners.get(&key).cloned() {
+                        self.remove(&pid);
+                    }
                     break;
                 }
             }
@@ -260,6 +259,7 @@ impl WebRtc {
         self.drain(key);
     }
 
+    /// Drop `pid`'s peer and everything kept about it.
     fn remove(&mut self, pid: &ParticipantSid) {
         if let Some(key) = self.by_pid.remove(pid) {
             if let Some(mut p) = self.peers.remove(key) {
