@@ -977,6 +977,17 @@ mod tests {
                 .map(|(_, s)| s.clone())
                 .collect()
         }
+
+        /// Every media timeout so far: (when, which call).
+        fn timeouts(&self) -> Vec<(Instant, CallKey)> {
+            self.events
+                .iter()
+                .filter_map(|(t, e)| match e {
+                    MediaEvent::MediaTimeout { call } => Some((*t, call.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
     }
 
     /// Decode the PCMU voice packets a phone received.
@@ -1287,20 +1298,9 @@ mod tests {
             let pkt = talker.voice();
             net.receive(&talker, &pkt);
         }
-        let timeouts: Vec<_> = net
-            .events
-            .iter()
-            .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
-            .collect();
-        assert_eq!(timeouts.len(), 1, "{timeouts:?}");
         assert_eq!(
-            timeouts[0],
-            &(
-                t0 + DEFAULT_MEDIA_TIMEOUT,
-                MediaEvent::MediaTimeout {
-                    call: silent.call.clone()
-                }
-            )
+            net.timeouts(),
+            [(t0 + DEFAULT_MEDIA_TIMEOUT, silent.call.clone())]
         );
         assert_eq!(net.eng.stats().media_timeouts, 1);
         let report = net.eng.remove_call(net.now, &silent.call).expect("was up");
@@ -1345,9 +1345,7 @@ mod tests {
         let rtcp_at_hold = net.rtcp_to(&a.call).len();
         net.advance_to(t_hold + Duration::from_secs(100));
         assert!(
-            !net.events
-                .iter()
-                .any(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. })),
+            net.timeouts().is_empty(),
             "a held call is not timed out: {:?}",
             net.events
         );
@@ -1370,18 +1368,10 @@ mod tests {
         let last = RtpPacket::parse(&after[after.len() - 1].data).expect("rtp");
         assert_eq!(last.ssrc(), ssrc, "one stream across the re-INVITEs");
         net.advance_to(t_resume + DEFAULT_MEDIA_TIMEOUT - Duration::from_millis(100));
-        assert!(!net
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. })));
+        assert!(net.timeouts().is_empty());
         net.advance_to(t_resume + DEFAULT_MEDIA_TIMEOUT + Duration::from_millis(100));
-        let timeouts: Vec<_> = net
-            .events
-            .iter()
-            .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
-            .collect();
         assert_eq!(
-            timeouts.len(),
+            net.timeouts().len(),
             1,
             "silence after the resume is trouble again"
         );
@@ -1401,18 +1391,14 @@ mod tests {
         let mut m = a.media("r", "192.0.2.1:4000");
         m.send = false;
         net.eng.add_call(t0, m);
-        let timeouts = |net: &Net| {
-            net.events
-                .iter()
-                .filter(|(_, e)| matches!(e, MediaEvent::MediaTimeout { .. }))
-                .map(|(t, _)| *t)
-                .collect::<Vec<_>>()
-        };
         net.advance_to(t0 + Duration::from_secs(119));
         assert!(net.rtp_to(&a.call).is_empty());
-        assert!(timeouts(&net).is_empty(), "not at the 30 s media timeout");
+        assert!(net.timeouts().is_empty(), "not at the 30 s media timeout");
         net.advance_to(t0 + Duration::from_secs(121));
-        assert_eq!(timeouts(&net), [t0 + Duration::from_secs(120)]);
+        assert_eq!(
+            net.timeouts(),
+            [(t0 + Duration::from_secs(120), a.call.clone())]
+        );
     }
 
     /// RFC 4733 packets of one key press: start, updates, three end packets.
