@@ -43,7 +43,7 @@ use crate::livekit::signal::{
     MediaRequest, ParticipantSid, RoomSignal, SignalConfig, SignalOutput,
 };
 use crate::livekit::sip_participant::{CallStatus, InboundCall, SipParticipant};
-use crate::sip::endpoint::MediaSpec;
+use crate::sip::endpoint::{MediaSpec, PIN_ROOM_PREFIX};
 
 /// WebSocket close code for a session the room ended (RFC 6455 s7.4.1: 1000).
 const CLOSE_NORMAL: u16 = 1000;
@@ -373,7 +373,7 @@ impl SignalRooms {
     /// waiting room (`pin:<call-id>`) is not announced anywhere.
     pub fn sip_call_started(&mut self, spec: &MediaSpec, now: Instant) {
         let call_id = spec.call.to_string();
-        if spec.room.starts_with("pin:") {
+        if spec.room.starts_with(PIN_ROOM_PREFIX) {
             return;
         }
         if let Some((room, _)) = self.sip.get(&call_id) {

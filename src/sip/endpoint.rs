@@ -114,6 +114,10 @@ pub struct Transmit {
     pub data: Bytes,
 }
 
+/// Prefix of the room a call waits in while its PIN is entered (`pin:<call-id>`):
+/// it hears no one, and no one (LiveKit participants included) sees it.
+pub const PIN_ROOM_PREFIX: &str = "pin:";
+
 /// Identifies a call on its owner shard. An `Arc<str>`: the media engine tags
 /// every packet it sends with its call, and cloning this is a refcount, not an
 /// allocation.
@@ -1876,7 +1880,7 @@ fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
     let n = call.negotiated.as_ref()?;
     // Until the PIN is right the caller hears no one and no one hears it.
     let room = match call.pin {
-        Some(_) => format!("pin:{ck}"),
+        Some(_) => format!("{PIN_ROOM_PREFIX}{ck}"),
         None => call.routed.dispatch.room.clone(),
     };
     Some(MediaSpec {
