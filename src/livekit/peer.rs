@@ -1295,6 +1295,74 @@ mod tests {
     }
 
     #[test]
+    fn announces_which_slot_carries_which_track() {
+        let now = Instant::now();
+        let config = PeerConfig {
+            host: server_addr(),
+            rtp_mode: false,
+        };
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let answer = peer.accept_offer(PYTHON_OFFER).expect("answered");
+        let slots = peer.subscriber_slots();
+        assert_eq!(slots.len(), 3, "the SDK's 3 recvonly audio lines");
+        let assigned = HashMap::from([(slots[0], ("PA_a|TR_b".to_owned(), "TR_b".to_owned()))]);
+        let out = announce_tracks(&answer, &assigned, &slots[1..]);
+        let sections: Vec<&str> = out.split("\r\nm=").skip(1).collect();
+        let section = |mid: Mid| {
+            sections
+                .iter()
+                .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
+                .copied()
+                .expect("every mid is still there")
+        };
+        let first = section(slots[0]);
+        assert!(first.contains("a=msid:PA_a|TR_b TR_b\r\n"), "{first}");
+        assert!(first.contains("a=sendonly"), "{first}");
+        let ssrc_msids: Vec<&str> = first
+            .lines()
+            .filter(|l| l.starts_with("a=ssrc:") && l.contains(" msid:"))
+            .collect();
+        assert!(
+            ssrc_msids
+                .iter()
+                .all(|l| l.ends_with(" msid:PA_a|TR_b TR_b")),
+            "{first}"
+        );
+        for &idle in &slots[1..] {
+            let s = section(idle);
+            assert!(s.contains("a=inactive") && !s.contains("a=sendonly"), "{s}");
+            assert!(!s.contains("a=msid:"), "{s}");
+        }
+        // Everything else is as str0m wrote it.
+        assert_eq!(out.lines().count(), answer.lines().count() - 2);
+        assert_eq!(out.split("\r\nm=").next(), answer.split("\r\nm=").next());
+    }
+
+    #[test]
+    fn finds_the_tracks_an_offer_sends() {
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+            a=msid:stream-1 track-cid-1\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\n\
+            a=msid:- track-cid-2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=sendonly\r\n\
+            a=msid:s v\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\na=sendrecv\r\n\
+            a=msid:s track-cid-3\r\n";
+        assert_eq!(
+            offered_send_tracks(offer),
+            vec![
+                (Mid::from("0"), "track-cid-1".to_owned()),
+                (Mid::from("3"), "track-cid-3".to_owned())
+            ]
+        );
+        assert!(
+            offered_send_tracks(PYTHON_OFFER).is_empty(),
+            "it only receives"
+        );
+    }
+
+    #[test]
     fn answers_the_python_sdk_offer() {
         let now = Instant::now();
         let config = PeerConfig {

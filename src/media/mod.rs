@@ -1245,6 +1245,107 @@ mod tests {
         );
     }
 
+    /// A published caller's voice comes out as one Opus frame per tick, 960
+    /// RTP ticks apart (48 kHz clock, RFC 7587 s4.1), and decodes back to its
+    /// tone; unpublished, nothing more comes.
+    #[test]
+    fn a_published_caller_is_encoded_once_per_tick() {
+        let mut net = Net::new();
+        let mut phones = [Phone::new("a", "192.0.2.10:4000", 1000.0)];
+        net.eng
+            .add_call(net.now, phones[0].media("room", &phones[0].src.to_string()));
+        assert!(net.eng.set_published(&phones[0].call, true));
+        assert!(!net.eng.set_published(&CallKey("nobody".into()), true));
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let frames: Vec<(Bytes, u32)> = net
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                MediaEvent::Published {
+                    call,
+                    payload,
+                    rtp_timestamp,
+                } if *call == phones[0].call => Some((payload.clone(), *rtp_timestamp)),
+                _ => None,
+            })
+            .collect();
+        assert!((49..=51).contains(&frames.len()), "{}", frames.len());
+        for w in frames.windows(2) {
+            assert_eq!(w[1].1.wrapping_sub(w[0].1), 960);
+        }
+        let mut dec = crate::codec::opus::OpusDecoder::new().expect("decoder");
+        let mut pcm = Vec::new();
+        for (payload, _) in &frames {
+            let mut out = [0i16; 960];
+            let n = dec.decode(payload, &mut out).expect("our packets decode");
+            assert_eq!(n, FRAME_SAMPLES);
+            pcm.extend_from_slice(&out[..n]);
+        }
+        let tail = &pcm[pcm.len() - 4000..];
+        assert!(goertzel(tail, 1000.0) > 100.0 * goertzel(tail, 1400.0).max(1.0));
+        assert!(goertzel(tail, 1000.0) > 1e5);
+
+        assert!(net.eng.set_published(&phones[0].call, false));
+        let before = net.events.len();
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        assert!(!net.events[before..]
+            .iter()
+            .any(|(_, e)| matches!(e, MediaEvent::Published { .. })));
+    }
+
+    /// A WebRTC participant's Opus track is decoded into the callers' mix:
+    /// the caller hears its tone; removed, it leaves the room (and the room
+    /// its caller still holds goes on).
+    #[test]
+    fn a_caller_hears_a_webrtc_track() {
+        let mut net = Net::new();
+        let mut phones = [Phone::new("a", "192.0.2.10:4000", 1000.0)];
+        net.eng
+            .add_call(net.now, phones[0].media("room", &phones[0].src.to_string()));
+        assert!(net.eng.add_track(net.now, "room", "TR_browser"));
+        assert!(
+            !net.eng.add_track(net.now, "room", "TR_browser"),
+            "seated once"
+        );
+        // The browser's 600 Hz, Opus at 8 kHz, 48 kHz RTP clock.
+        let mut enc = crate::codec::opus::OpusEncoder::new().expect("encoder");
+        let start = net.now + Duration::from_millis(3);
+        let (mut seq, mut ts, mut n) = (7u16, 90_000u32, 0u64);
+        for k in 0..50u32 {
+            net.advance_to(start + FRAME * k);
+            let pkt = phones[0].voice();
+            net.receive(&phones[0], &pkt);
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            for s in pcm.iter_mut() {
+                *s = (8000.0 * (2.0 * PI * 600.0 * n as f64 / 8000.0).sin()) as i16;
+                n += 1;
+            }
+            let mut out = [0u8; 400];
+            let len = enc.encode(&pcm, &mut out).expect("encode");
+            net.eng
+                .handle_track_packet("TR_browser", seq, ts, net.now, &out[..len]);
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(960);
+        }
+        net.advance_to(start + FRAME * 50);
+        let pcm = decode(&net.rtp_to(&phones[0].call));
+        let tail = &pcm[pcm.len() - 4000..];
+        let heard = goertzel(tail, 600.0);
+        assert!(heard > 1e5, "the caller hears the track: {heard}");
+        assert!(
+            heard > 1000.0 * goertzel(tail, 1000.0).max(1.0),
+            "not itself"
+        );
+
+        net.eng.remove_track("TR_browser");
+        assert_eq!(net.eng.rooms(), 1, "the caller's room stays");
+        net.eng.remove_track("TR_browser"); // twice: nothing happens
+        let before = net.rtp_to(&phones[0].call).len();
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let pcm = decode(&net.rtp_to(&phones[0].call)[before..]);
+        assert!(goertzel(&pcm[pcm.len() - 4000..], 600.0) < 1.0, "gone");
+    }
+
     /// A call re-added with another room (the room a PIN chose) leaves its old
     /// room, which ends, and joins the new one, where it hears and is heard;
     /// its session (counters, stream) is the same one.

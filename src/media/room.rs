@@ -404,6 +404,50 @@ mod tests {
         Decoder::G711(Compander::new(Law::Pcmu))
     }
 
+    /// A track is only decoded while a caller is there to hear it: alone,
+    /// its packets are taken off the buffer and nothing is played.
+    #[test]
+    fn a_track_alone_is_not_decoded() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        let track = r.join(
+            ParticipantKind::Track("TR_x".into()),
+            Decoder::opus().expect("libopus"),
+        );
+        let mut enc = crate::codec::opus::OpusEncoder::new().expect("encoder");
+        let mut out = [0u8; 400];
+        let len = enc
+            .encode(&[1000; FRAME_SAMPLES], &mut out)
+            .expect("encode");
+        for k in 0..10u16 {
+            let at = t + TICK * u32::from(k);
+            r.push(
+                track,
+                k,
+                u32::from(k) * 960,
+                at,
+                Bytes::copy_from_slice(&out[..len]),
+            );
+            r.mix(at + TICK);
+        }
+        assert_eq!(r.participant_stats(track).map(|s| s.played), Some(0));
+        let caller = r.join(call("a"), pcmu());
+        for k in 10..20u16 {
+            let at = t + TICK * u32::from(k);
+            r.push(
+                track,
+                k,
+                u32::from(k) * 960,
+                at,
+                Bytes::copy_from_slice(&out[..len]),
+            );
+            r.mix(at + TICK);
+        }
+        assert!(r.participant_stats(track).is_some_and(|s| s.played > 0));
+        assert!(r.spoken(track).is_some());
+        assert!(r.spoken(caller).is_none(), "the caller said nothing");
+    }
+
     #[test]
     fn saturates_at_both_ends() {
         assert_eq!(saturate(40_000), i16::MAX);

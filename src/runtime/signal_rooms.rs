@@ -709,7 +709,7 @@ impl SignalRooms {
                             })
                             .collect();
                         for track in w.learn_published(&pid, published) {
-                            info!(room = name, participant = %pid, track = %track, "published audio track mixed for the callers");
+                            info!(room = name, participant = %pid, track = %track, "audio track published (forwarded to subscribers, mixed for callers)");
                             if let Some(m) = &self.to_media {
                                 m(MediaCommand::AddTrack {
                                     room: name.to_owned(),
