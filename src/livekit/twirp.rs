@@ -145,6 +145,21 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The method and path alone: a Twirp route of this server called with
+/// POST (checked before the body is read).
+pub fn check_route(method: &str, path: &str) -> Result<(), TwirpResponse> {
+    if !path.starts_with(PREFIX) {
+        return Err(TwirpResponse::error("bad_route", "no such service"));
+    }
+    if method != "POST" {
+        return Err(TwirpResponse::error(
+            "bad_route",
+            "Twirp methods are called with POST",
+        ));
+    }
+    Ok(())
+}
+
 /// Check and decode one request: `path` without the query, the
 /// `Content-Type` and `Authorization` headers, and the body.
 pub fn parse(
@@ -156,15 +171,8 @@ pub fn parse(
     keys: &KeyStore,
     now_unix: i64,
 ) -> Result<TwirpRequest, TwirpResponse> {
-    let Some(name) = path.strip_prefix(PREFIX) else {
-        return Err(TwirpResponse::error("bad_route", "no such service"));
-    };
-    if method != "POST" {
-        return Err(TwirpResponse::error(
-            "bad_route",
-            "Twirp methods are called with POST",
-        ));
-    }
+    check_route(method, path)?;
+    let name = path.strip_prefix(PREFIX).unwrap_or_default();
     // Twirp's own rule: the media type without parameters.
     let encoding = match content_type
         .map(|c| {

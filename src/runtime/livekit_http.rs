@@ -369,6 +369,12 @@ async fn twirp_request(
     peer: Option<SocketAddr>,
 ) {
     let answer = |r: TwirpResponse| r.to_bytes();
+    let path = head.target.split_once('?').map_or(&*head.target, |(p, _)| p);
+    if let Err(r) = twirp::check_route(&head.method, path) {
+        let _ = stream.write_all(&answer(r)).await;
+        let _ = stream.close().await;
+        return;
+    }
     let n = match head.content_length {
         Some(n) if n <= twirp::MAX_BODY => n,
         Some(_) => {

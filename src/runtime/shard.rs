@@ -197,6 +197,14 @@ impl Shard {
                         ep.handle_media_failed(now, &call);
                     }
                 }
+                Output::Ringing { call, room, caller } => {
+                    if let Some(front) = &self.livekit {
+                        front
+                            .rooms
+                            .borrow_mut()
+                            .sip_call_ringing(&call, &room, &caller, now);
+                    }
+                }
                 Output::MediaStart(spec) => {
                     if let Some(front) = &self.livekit {
                         front.rooms.borrow_mut().sip_call_started(&spec, now);

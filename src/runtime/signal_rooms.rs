@@ -47,7 +47,7 @@ use crate::livekit::signal::{
 };
 use crate::livekit::sip_participant::{CallStatus, InboundCall, SipParticipant};
 use crate::livekit::twirp::{Outcome, RoomCall};
-use crate::sip::endpoint::{MediaSpec, PIN_ROOM_PREFIX};
+use crate::sip::endpoint::{CallKey, CallerInfo, MediaSpec, PIN_ROOM_PREFIX};
 use std::sync::Arc;
 use str0m::media::Mid;
 
@@ -593,49 +593,84 @@ impl SignalRooms {
         })
     }
 
+    /// A SIP call rings on this shard (180 sent; it will be answered into
+    /// `room`): its caller joins the room as a participant of kind SIP with
+    /// `sip.callStatus` ringing, as livekit-sip joins before it answers.
+    pub fn sip_call_ringing(
+        &mut self,
+        call: &CallKey,
+        room: &str,
+        caller: &CallerInfo,
+        now: Instant,
+    ) {
+        self.join_caller(&call.to_string(), room, caller, CallStatus::Ringing, now);
+    }
+
     /// A SIP call was answered (or renegotiated) on this shard: its caller is
-    /// (or stays) a participant of kind SIP in the room. A call in a PIN
-    /// waiting room (`pin:<call-id>`) is not announced anywhere.
+    /// (or stays) a participant of kind SIP in the room, `sip.callStatus`
+    /// active. A call in a PIN waiting room (`pin:<call-id>`) is not
+    /// announced anywhere.
     pub fn sip_call_started(&mut self, spec: &MediaSpec, now: Instant) {
         let call_id = spec.call.to_string();
         if spec.room.starts_with(PIN_ROOM_PREFIX) {
             return;
         }
-        if let Some((room, _, _)) = self.sip.get(&call_id) {
+        if let Some((room, pid, _)) = self.sip.get(&call_id) {
             if *room == spec.room {
-                return; // a re-INVITE: same participant
+                // Answered after ringing, or a re-INVITE: same participant.
+                let (room, pid) = (room.clone(), pid.clone());
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.set_call_status(&pid, CallStatus::Active);
+                }
+                self.pump(&room);
+                return;
             }
             self.sip_call_ended(&call_id);
         }
-        let empty = Default::default();
+        self.join_caller(&call_id, &spec.room, &spec.caller, CallStatus::Active, now);
+    }
+
+    fn join_caller(
+        &mut self,
+        call_id: &str,
+        room_name: &str,
+        caller: &CallerInfo,
+        status: CallStatus,
+        now: Instant,
+    ) {
+        if room_name.starts_with(PIN_ROOM_PREFIX) || self.sip.contains_key(call_id) {
+            return;
+        }
+        let no_headers = Default::default();
         // `sip.callID` is LiveKit's own id for the call (SCL_...); the SIP
         // Call-ID goes in `sip.callIDFull`.
         let scl = crate::livekit::ids::new_id("SCL_", &mut rand::thread_rng());
         let call = InboundCall {
-            from_user: &spec.caller,
-            from_host: "",
-            to_user: &spec.callee,
+            from_user: &caller.number,
+            from_host: &caller.from_host,
+            to_user: &caller.callee,
             call_id: &scl,
-            sip_call_id: &call_id,
-            call_tag: "",
-            trunk_id: &spec.trunk_id,
-            rule_id: &spec.rule_id,
-            rule_attributes: &empty,
-            header_attributes: &empty,
-            hide_phone_number: false,
+            sip_call_id: call_id,
+            call_tag: &caller.call_tag,
+            trunk_id: &caller.trunk_id,
+            rule_id: &caller.rule_id,
+            rule_attributes: &caller.attributes,
+            header_attributes: &no_headers,
+            hide_phone_number: caller.hide_phone_number,
         };
-        let participant = SipParticipant::inbound(&call, CallStatus::Active);
-        let room = self.room(&spec.room, now);
+        let participant = SipParticipant::inbound(&call, status);
+        let room = self.room(room_name, now);
         match room.join_sip(participant, false, now) {
             Ok((pid, track)) => {
-                info!(call_id = %call_id, room = %spec.room, participant = %pid, track = %track.as_str(), "SIP caller joined the LiveKit room");
-                self.sip.insert(call_id, (spec.room.clone(), pid, track));
+                info!(call_id, room = room_name, participant = %pid, track = %track.as_str(), status = ?status, "SIP caller joined the LiveKit room");
+                self.sip
+                    .insert(call_id.to_owned(), (room_name.to_owned(), pid, track));
             }
             Err(e) => {
-                warn!(call_id = %call_id, room = %spec.room, error = %e, "SIP caller not joined")
+                warn!(call_id, room = room_name, error = %e, "SIP caller not joined")
             }
         }
-        self.pump(&spec.room);
+        self.pump(room_name);
     }
 
     /// The SIP call hung up: its participant leaves.

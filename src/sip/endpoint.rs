@@ -139,6 +139,14 @@ pub enum Output {
     Forward { shard: usize, msg: Inbound },
     /// Bind the call's RTP socket (and RTCP on the next port) on this shard.
     MediaOpen { call: CallKey, local: SocketAddr },
+    /// The call rings (180 sent) and will be answered into `room`: its
+    /// participant may join now, with `sip.callStatus` ringing. Not sent for
+    /// a call that must enter a PIN first.
+    Ringing {
+        call: CallKey,
+        room: String,
+        caller: CallerInfo,
+    },
     /// The call was answered: start its media in its room with what was negotiated.
     /// Sent again when a re-INVITE or a late-offer ACK changes it.
     MediaStart(MediaSpec),
@@ -163,11 +171,27 @@ pub struct MediaSpec {
     /// Our negotiated direction (RFC 3264 s6.1): hold is a re-INVITE that
     /// changes it (s8.4).
     pub direction: sdp::Direction,
-    /// Caller number, trunk and rule, for the participant's identity and attributes.
-    pub caller: String,
+    /// Who is calling, for the room participant.
+    pub caller: CallerInfo,
+}
+
+/// The facts of a call its room participant (LiveKit's SIP participant) is
+/// made of: numbers, trunk, rule and its attributes, our dialog tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerInfo {
+    /// The caller's number (From user part).
+    pub number: String,
+    /// The number called (the trunk's).
     pub callee: String,
+    /// Host part of the caller's From URI.
+    pub from_host: String,
     pub trunk_id: String,
     pub rule_id: String,
+    /// Our To-tag for the dialog (`sip.callTag`).
+    pub call_tag: String,
+    /// The trunk's and the rule's participant attributes (`Dispatch::attributes`).
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub hide_phone_number: bool,
 }
 
 /// The signaling half of a call record; the driver adds the media half and logs it
@@ -1273,11 +1297,17 @@ impl Endpoint {
             "incoming call"
         );
         let answer_at = call.answer_at;
+        let ringing = call.pin.is_none().then(|| Output::Ringing {
+            call: ck.clone(),
+            room: call.routed.dispatch.room.clone(),
+            caller: caller_info(&call),
+        });
         self.calls.insert(ck.clone(), call);
         self.out.push_back(Output::MediaOpen {
             call: ck.clone(),
             local: SocketAddr::new(rtp_bind_ip(&msg.peer), port),
         });
+        self.out.extend(ringing);
         // s8.2.6.1 / s17.2.1: 100 Trying at once, then 180 Ringing with our tag.
         self.reply(now, &key, &sip, 100);
         let contact = self.contact(&msg.peer);
@@ -1909,11 +1939,25 @@ fn media_spec(ck: &CallKey, call: &Call) -> Option<MediaSpec> {
         telephone_event: n.telephone_event,
         ptime_ms: n.ptime_ms,
         direction: n.direction,
-        caller: call.routed.caller.clone(),
+        caller: caller_info(call),
+    })
+}
+
+fn caller_info(call: &Call) -> CallerInfo {
+    let from_host = super::message::NameAddr::parse(&call.remote)
+        .and_then(|f| SipUri::parse(f.uri))
+        .map(|u| u.host.to_owned())
+        .unwrap_or_default();
+    CallerInfo {
+        number: call.routed.caller.clone(),
         callee: call.routed.callee.clone(),
+        from_host,
         trunk_id: call.routed.trunk_id.clone(),
         rule_id: call.routed.dispatch.rule_id.clone(),
-    })
+        call_tag: call.local_tag.clone(),
+        attributes: call.routed.dispatch.attributes.clone(),
+        hide_phone_number: call.routed.dispatch.hide_phone_number,
+    }
 }
 
 /// The address to bind a call's RTP socket on: the address its SIP arrived on,
