@@ -862,8 +862,9 @@ fn python_sdk_receives_the_callers_dtmf() {
 }
 
 /// A participant's key presses reach the caller (the test): the real
-/// Python SDK publishes SIP DTMF 7 then #; the SIP caller (our test UA, which
-/// offered telephone-event 101) receives RFC 4733 events 7 and 11, each with
+/// Python SDK publishes SIP DTMF 7 then #, then 1, 2, 3 back to back (queued
+/// while one plays); the SIP caller (our test UA, which offered
+/// telephone-event 101) receives RFC 4733 events 7, 11, 1, 2, 3, each with
 /// its end packets, in that order.
 #[test]
 fn python_sdk_dtmf_is_played_to_the_caller() {
@@ -892,28 +893,35 @@ fn python_sdk_dtmf_is_played_to_the_caller() {
             token("call-+15550100", b"secret", now_unix() - 5),
             "7".into(),
             "#".into(),
+            "123".into(),
         ],
     );
     if got["error"] != "" {
         lk.server.fail(&format!("the SDK failed: {got}"));
     }
     let received = run.stop();
-    // RFC 4733 s2.3: event code in the first byte, E bit 0x80 of the second.
-    let mut events: Vec<u8> = Vec::new();
+    // RFC 4733 s2.3: event code in the first byte, E bit 0x80 of the second;
+    // one event per timestamp (s2.5.1.1), its first packet with the marker.
+    let mut events: Vec<(u32, u8, bool)> = Vec::new();
     let mut ends = 0;
     for r in received
         .iter()
         .filter(|r| r.pt == 101 && r.payload.len() >= 4)
     {
-        if events.last() != Some(&r.payload[0]) {
-            events.push(r.payload[0]);
+        if events.last().map(|e| e.0) != Some(r.ts) {
+            events.push((r.ts, r.payload[0], r.marker));
         }
         if r.payload[1] & 0x80 != 0 {
             ends += 1;
         }
     }
-    assert_eq!(events, vec![7, 11], "events received by the caller");
-    assert!(ends >= 2, "each digit ends with end packets: {ends}");
+    let codes: Vec<u8> = events.iter().map(|e| e.1).collect();
+    assert_eq!(codes, vec![7, 11, 1, 2, 3], "events received by the caller");
+    assert!(
+        events.iter().all(|e| e.2),
+        "each event starts with the marker"
+    );
+    assert!(ends >= 5, "each digit ends with end packets: {ends}");
     assert_eq!(caller.bye(), 200);
     lk.server.stop();
 }

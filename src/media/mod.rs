@@ -837,8 +837,10 @@ impl MediaEngine {
     }
 
     /// Play `digit` to the caller (RFC 4733) for `duration_ms`, replacing its
-    /// voice frames meanwhile. False if the call is unknown, has no
-    /// telephone-event, the digit is not DTMF, or a digit is still playing.
+    /// voice frames meanwhile; digits sent while one plays are queued and
+    /// follow one by one, [`session::DTMF_GAP_FRAMES`] of voice apart. False
+    /// if the call is unknown, has no telephone-event, the digit is not DTMF,
+    /// or [`session::DTMF_QUEUE`] digits already wait.
     pub fn send_dtmf(
         &mut self,
         _now: Instant,
@@ -1731,7 +1733,11 @@ mod tests {
         net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
         net.advance_to(t0 + FRAME * 2);
         assert!(net.eng.send_dtmf(net.now, &a.call, '7', 100));
-        assert!(!net.eng.send_dtmf(net.now, &a.call, '8', 100), "busy");
+        assert!(!net.eng.send_dtmf(net.now, &a.call, 'x', 100), "not DTMF");
+        assert!(
+            !net.eng.send_dtmf(net.now, &a.call, '8', 10_000),
+            "too long for the 16-bit duration"
+        );
         assert!(!net
             .eng
             .send_dtmf(net.now, &CallKey("nobody".into()), '1', 100));
@@ -1774,6 +1780,191 @@ mod tests {
         assert_eq!(voice_at[0].0, ev[5].0);
         assert!(times.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(net.eng.stats().dtmf_out, 1);
+    }
+
+    /// The RTP a phone received, parsed: (when, header, payload).
+    fn parsed(sent: &[Sent]) -> Vec<(Instant, RtpHeader, Vec<u8>)> {
+        sent.iter()
+            .map(|s| {
+                let p = RtpPacket::parse(&s.data).expect("valid");
+                (s.at, p.header(), p.payload().to_vec())
+            })
+            .collect()
+    }
+
+    /// An agent's "1234#" in one go: every digit is queued and played in
+    /// order, each a whole RFC 4733 event of its own (marker and a new
+    /// timestamp on its first packet, the same timestamp throughout, three
+    /// end packets), never overlapping, with voice between and after.
+    #[test]
+    fn queued_dtmf_digits_play_one_after_another() {
+        let mut net = Net::new();
+        let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        net.advance_to(t0 + FRAME * 2);
+        for d in "1234#".chars() {
+            assert!(net.eng.send_dtmf(net.now, &a.call, d, 100), "{d} queued");
+        }
+        // 5 x (5 frames of event + 3 of voice), and some voice after.
+        net.advance_to(t0 + FRAME * 50);
+        let pkts = parsed(&net.rtp_to(&a.call));
+        assert_eq!(net.eng.stats().dtmf_out, 5);
+
+        // Events, by start timestamp, in the order they went out.
+        let mut events: Vec<(u32, Vec<usize>)> = Vec::new();
+        for (i, (_, h, _)) in pkts.iter().enumerate() {
+            if h.payload_type != PT_EVENT {
+                continue;
+            }
+            match events.last_mut() {
+                Some((ts, idx)) if *ts == h.timestamp => idx.push(i),
+                _ => {
+                    assert!(
+                        events.iter().all(|(ts, _)| *ts != h.timestamp),
+                        "event {} resumed after another one began",
+                        h.timestamp
+                    );
+                    events.push((h.timestamp, vec![i]));
+                }
+            }
+        }
+        let codes: Vec<u8> = events.iter().map(|(_, idx)| pkts[idx[0]].2[0]).collect();
+        assert_eq!(codes, [1, 2, 3, 4, 11], "in the order asked");
+        let first_voice_ts = pkts[0].1.timestamp;
+        for (n, (ts, idx)) in events.iter().enumerate() {
+            // Each digit starts where the voice frame it replaces would have:
+            // 2 frames of voice first, then 5 event + 3 voice frames a digit.
+            let want = first_voice_ts.wrapping_add(160 * (2 + 8 * n as u32));
+            assert_eq!(*ts, want, "digit {n} starts on the voice timeline");
+            assert_eq!(idx.len(), 7, "digit {n}: 5 frames and 2 end copies");
+            for (k, &i) in idx.iter().enumerate() {
+                let (_, h, p) = &pkts[i];
+                assert_eq!(h.marker, k == 0, "digit {n} packet {k}: marker");
+                assert_eq!(p[0], codes[n]);
+                assert_eq!(p[1] & 0x80 != 0, k >= 4, "digit {n} packet {k}: E bit");
+                let dur = u16::from_be_bytes([p[2], p[3]]);
+                assert_eq!(dur, (160 * (k as u16 + 1)).min(800));
+            }
+        }
+        // Voice between the digits: exactly 3 frames after each digit's last
+        // frame, on the timeline; the first two carry the end copies beside.
+        for (n, (ts, idx)) in events.iter().enumerate() {
+            let end_at = pkts[idx[4]].0;
+            let voice: Vec<_> = pkts
+                .iter()
+                .filter(|(t, h, _)| h.payload_type == PT_PCMU && *t > end_at)
+                .take(3)
+                .collect();
+            for (k, (t, h, _)) in voice.iter().enumerate() {
+                assert_eq!(*t, end_at + FRAME * (k as u32 + 1), "digit {n} voice {k}");
+                assert_eq!(h.timestamp, ts.wrapping_add(800 + 160 * k as u32));
+                assert!(!h.marker);
+            }
+            assert_eq!(pkts[idx[5]].0, voice[0].0, "end copy beside voice");
+            assert_eq!(pkts[idx[6]].0, voice[1].0, "end copy beside voice");
+            if let Some((_, next)) = events.get(n + 1) {
+                assert_eq!(pkts[next[0]].0, end_at + FRAME * 4, "gap of 3 frames");
+            }
+        }
+        let last_end = pkts[events[4].1[6]].0;
+        let after = pkts
+            .iter()
+            .filter(|(t, h, _)| h.payload_type == PT_PCMU && *t > last_end)
+            .count();
+        assert!(after >= 5, "voice resumes after the last digit: {after}");
+        // One stream: sequence numbers run on, one voice-or-event slot a tick.
+        let seqs: Vec<u16> = pkts.iter().map(|(_, h, _)| h.sequence).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+        let mut slots: Vec<(Instant, u32)> = pkts
+            .iter()
+            .filter(|(_, h, p)| h.payload_type == PT_PCMU || p[1] & 0x80 == 0)
+            .map(|(t, h, p)| match h.payload_type {
+                PT_PCMU => (*t, h.timestamp),
+                // An event packet stands for the frame its duration ends on.
+                _ => (
+                    *t,
+                    h.timestamp
+                        .wrapping_add(u32::from(u16::from_be_bytes([p[2], p[3]])))
+                        .wrapping_sub(160),
+                ),
+            })
+            .collect();
+        // (Final event packets: the first of the three E packets is a slot too.)
+        for (_, idx) in &events {
+            let (t, h, p) = &pkts[idx[4]];
+            let dur = u32::from(u16::from_be_bytes([p[2], p[3]]));
+            slots.push((*t, h.timestamp.wrapping_add(dur).wrapping_sub(160)));
+        }
+        slots.sort();
+        assert!(
+            slots
+                .windows(2)
+                .all(|w| w[1].0 == w[0].0 + FRAME && w[1].1 == w[0].1.wrapping_add(160)),
+            "one 20 ms slot a tick, 160 units apart"
+        );
+    }
+
+    /// At most [`session::DTMF_QUEUE`] digits wait; more are refused until
+    /// one starts. Digits still queued when the call goes (or is held) are
+    /// simply dropped.
+    #[test]
+    fn dtmf_queue_is_bounded_and_dropped_with_the_call() {
+        let mut net = Net::new();
+        let a = Phone::new("a", "192.0.2.10:4000", 1000.0);
+        let b = Phone::new("b", "192.0.2.20:4000", 500.0);
+        let t0 = net.now;
+        net.eng.add_call(t0, a.media("r", "192.0.2.10:4000"));
+        net.eng.add_call(t0, b.media("r", "192.0.2.20:4000"));
+        net.advance_to(t0 + FRAME);
+        for n in 0..session::DTMF_QUEUE {
+            let d = char::from(b'0' + (n % 10) as u8);
+            assert!(net.eng.send_dtmf(net.now, &a.call, d, 100), "digit {n}");
+        }
+        assert!(
+            !net.eng.send_dtmf(net.now, &a.call, '#', 100),
+            "33rd refused"
+        );
+        assert_eq!(net.eng.stats().dtmf_out, session::DTMF_QUEUE as u64);
+        // The first digit starts playing: room for one more.
+        net.advance_to(net.now + FRAME);
+        assert!(net.eng.send_dtmf(net.now, &a.call, '#', 100));
+        assert!(!net.eng.send_dtmf(net.now, &a.call, '#', 100));
+
+        // b: "123" queued, then b holds the call mid-digit: the rest is dropped.
+        assert!("123"
+            .chars()
+            .all(|d| net.eng.send_dtmf(net.now, &b.call, d, 100)));
+        net.advance_to(net.now + FRAME * 2);
+        let mut held = b.media("r", "192.0.2.20:4000");
+        held.send = false;
+        net.eng.add_call(net.now, held);
+        net.advance_to(net.now + FRAME * 10);
+        net.eng.add_call(net.now, b.media("r", "192.0.2.20:4000"));
+
+        // a hangs up with 30 digits queued.
+        let sent_before = net.rtp_to(&a.call).len();
+        let report = net.eng.remove_call(net.now, &a.call).expect("was up");
+        assert!(report.packets_out > 0);
+        net.advance_to(net.now + Duration::from_secs(2));
+        assert_eq!(
+            net.rtp_to(&a.call).len(),
+            sent_before,
+            "nothing after hangup"
+        );
+        assert!(!net.eng.send_dtmf(net.now, &a.call, '1', 100), "call gone");
+
+        let b_events: Vec<u8> = parsed(&net.rtp_to(&b.call))
+            .iter()
+            .filter(|(_, h, _)| h.payload_type == PT_EVENT)
+            .map(|(_, _, p)| p[0])
+            .collect();
+        assert_eq!(b_events, [1, 1], "digit 1 cut by the hold, 2 and 3 dropped");
+        let b_voice_after = parsed(&net.rtp_to(&b.call))
+            .iter()
+            .filter(|(t, h, _)| h.payload_type == PT_PCMU && *t > net.now - Duration::from_secs(1))
+            .count();
+        assert!(b_voice_after >= 45, "b's voice resumed: {b_voice_after}");
     }
 
     #[test]

@@ -8,27 +8,31 @@
 //!     latching + source check --> ReceiveStats (loss, jitter µs) --> DTMF receiver
 //!     --> Inbound::Audio { seq, ts, payload range } --> Room jitter buffer
 //! Room mix tick --PCM frame--> RtpSession::send_frame --> G.711 encode | RFC 4733 event
+//!     (digits from RtpSession::send_dtmf wait in a queue and play one by one)
 //!     --> RTP header (our SSRC/seq/ts) --> Outbox --> MediaOutput::Transmit
 //! RtpSession::on_rtcp / handle_timeout --> RtcpSession (SR/RR every ~5 s, RTT)
 //! ```
 //!
 //! What it owns: the symmetric-RTP latch (RFC 4961 s4: send where the caller's
 //! packets come from, drop everyone else's), the receive statistics, the RTCP
-//! schedule, the RFC 4733 receiver and sender, the media-timeout clock, and our
-//! outgoing stream's SSRC, sequence number and timestamp (RFC 3550 s5.1).
+//! schedule, the RFC 4733 receiver and sender with the queue of digits still to
+//! play, the media-timeout clock, and our outgoing stream's SSRC, sequence
+//! number and timestamp (RFC 3550 s5.1).
 //!
 //! Sans-IO like the rest of `media`: every method takes `now`; nothing here reads
 //! a clock or touches a socket. Nothing allocates per packet: packets are written
 //! into the engine's [`Outbox`] arena.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::codec::g711::{Compander, FRAME_SAMPLES};
+use crate::rtp::dtmf::END_PACKETS;
 use crate::rtp::{
-    is_rtcp, DtmfEvent, DtmfReceiver, DtmfSender, NtpTime, PacketClass, ReceiveStats, RtcpSession,
-    RtpHeader, RtpPacket,
+    is_rtcp, DtmfEvent, DtmfPacket, DtmfReceiver, DtmfSender, NtpTime, PacketClass, ReceiveStats,
+    RtcpSession, RtpHeader, RtpPacket,
 };
 
 use super::{CallKey, CallMediaReport, Codec, Outbox};
@@ -41,6 +45,14 @@ pub const CLOCK_RATE: u32 = 8000;
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Volume of the DTMF events we send, -dBm0 (RFC 4733 s2.3.4): what phones send.
 const DTMF_VOLUME: u8 = 10;
+/// Digits that may wait to be played to the caller (beyond the one playing):
+/// an agent's "1234#" or a PIN with room to spare; more is refused.
+pub const DTMF_QUEUE: usize = 32;
+/// Voice frames between one digit's last frame and the next digit's first.
+/// RFC 4733 fixes no gap; 50 ms is the usual, which our 20 ms ticks make 60 ms.
+/// The two retransmitted end packets of the digit before go out in it.
+pub const DTMF_GAP_FRAMES: u32 = 3;
+const _: () = assert!(DTMF_GAP_FRAMES >= END_PACKETS as u32 - 1);
 /// Silence from the latched address after which the same SSRC may move to a
 /// new address (NAT rebinding). Long enough that two live sources cannot
 /// alternate; short enough that the caller does not notice.
@@ -163,6 +175,10 @@ pub struct RtpSession {
     rtcp: RtcpSession,
     dtmf_rx: DtmfReceiver,
     dtmf_tx: DtmfSender,
+    /// Digits (and durations) waiting for the one playing and the gap after it.
+    dtmf_queue: VecDeque<(char, Duration)>,
+    /// Voice frames still to send before the next digit may start.
+    dtmf_gap: u32,
     ssrc: u32,
     sequence: u16,
     /// RTP timestamp of the next frame we send.
@@ -207,6 +223,8 @@ impl RtpSession {
             rtcp: RtcpSession::new(seed.ssrc, cname, CLOCK_RATE, now, ntp_now),
             dtmf_rx: DtmfReceiver::new(CLOCK_RATE),
             dtmf_tx: DtmfSender::new(CLOCK_RATE, FRAME, DTMF_VOLUME),
+            dtmf_queue: VecDeque::new(),
+            dtmf_gap: 0,
             ssrc: seed.ssrc,
             sequence: seed.sequence,
             timestamp: seed.timestamp,
@@ -395,20 +413,53 @@ impl RtpSession {
         Some(ev)
     }
 
-    /// Start playing `digit` to the caller as RFC 4733 events for `duration`,
-    /// in place of the voice frames. False if no telephone-event was
-    /// negotiated, the digit is not DTMF, or another digit is still playing.
+    /// Queue `digit` to be played to the caller as an RFC 4733 event for
+    /// `duration`, in place of the voice frames: at the next frame if nothing
+    /// plays, else [`DTMF_GAP_FRAMES`] of voice after the digit before it.
+    /// False if no telephone-event was negotiated, the digit is not DTMF, the
+    /// duration does not fit an event, or [`DTMF_QUEUE`] digits already wait.
     pub fn send_dtmf(&mut self, digit: char, duration: Duration) -> bool {
-        if self.cfg.telephone_event.is_none() {
+        if self.cfg.telephone_event.is_none()
+            || self.dtmf_queue.len() >= DTMF_QUEUE
+            || self.dtmf_tx.check(digit, duration).is_err()
+        {
             return false;
         }
-        // The event starts at the timestamp the next voice frame would have had
-        // (RFC 4733 s2.5.1.1), so our timeline stays continuous.
-        self.dtmf_tx.start(digit, duration, self.timestamp).is_ok()
+        self.dtmf_queue.push_back((digit, duration));
+        true
     }
 
+    /// A digit is playing, or waiting to.
     pub fn is_sending_dtmf(&self) -> bool {
-        self.dtmf_tx.is_sending()
+        self.dtmf_tx.is_sending() || !self.dtmf_queue.is_empty()
+    }
+
+    /// Digits no one can hear (nowhere to send, or no telephone-event any
+    /// more) are dropped: the one playing and those waiting.
+    fn drop_dtmf(&mut self) {
+        while self.dtmf_tx.next_packet().is_some() {}
+        self.dtmf_queue.clear();
+        self.dtmf_gap = 0;
+    }
+
+    /// The telephone-event packet of this tick, if any: the playing digit's
+    /// next one, else the first of the next queued digit once the gap is over.
+    fn next_dtmf_packet(&mut self) -> Option<DtmfPacket> {
+        if !self.dtmf_tx.is_sending() && self.dtmf_gap == 0 {
+            if let Some((digit, duration)) = self.dtmf_queue.pop_front() {
+                // A new event (RFC 4733 s2.5.1.1): marker, and as its timestamp
+                // the one the voice frame it replaces would have had, so our
+                // timeline stays continuous. Checked when queued: cannot fail.
+                let started = self.dtmf_tx.start(digit, duration, self.timestamp);
+                debug_assert!(started.is_ok());
+            }
+        }
+        let ev = self.dtmf_tx.next_packet()?;
+        if ev.end && ev.replaces_voice {
+            // Its last frame: voice for a while before the next digit.
+            self.dtmf_gap = DTMF_GAP_FRAMES;
+        }
+        Some(ev)
     }
 
     /// Send one 20 ms frame of the room's mix (`pcm`, 160 samples) to the
@@ -417,14 +468,14 @@ impl RtpSession {
         let dst = self.rtp_destination().filter(|_| self.cfg.send);
         let Some(dst) = dst else {
             // Nowhere to send: the timeline runs on, so that when the caller
-            // comes back our stream resumes at the right timestamp. A digit
-            // being played is dropped (nobody could hear it).
-            while self.dtmf_tx.next_packet().is_some() {}
+            // comes back our stream resumes at the right timestamp. Digits
+            // playing or queued are dropped (nobody could hear them).
+            self.drop_dtmf();
             self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
             return;
         };
         if let Some(te) = self.cfg.telephone_event {
-            if let Some(ev) = self.dtmf_tx.next_packet() {
+            if let Some(ev) = self.next_dtmf_packet() {
                 let header = RtpHeader {
                     marker: ev.marker,
                     payload_type: te,
@@ -442,7 +493,11 @@ impl RtpSession {
                     return;
                 }
             }
+        } else {
+            // A re-INVITE took telephone-event away.
+            self.drop_dtmf();
         }
+        self.dtmf_gap = self.dtmf_gap.saturating_sub(1);
         let header = RtpHeader {
             // RFC 3551 s4.1: the marker flags the first packet of a talkspurt;
             // we never suppress silence, so only the very first one.

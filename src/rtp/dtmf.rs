@@ -315,10 +315,7 @@ impl DtmfSender {
         if self.state.is_some() {
             return Err(DtmfError::Busy);
         }
-        let code = event_code(digit).ok_or(DtmfError::UnknownDigit(digit))?;
-        let frames = duration.as_micros().div_ceil(self.ptime_us).max(1);
-        let units = frames * u128::from(self.frame_units);
-        let total = u16::try_from(units).map_err(|_| DtmfError::DurationTooLong)?;
+        let (code, total) = self.event(digit, duration)?;
         self.state = Some(Sending {
             code,
             timestamp,
@@ -326,6 +323,21 @@ impl DtmfSender {
             sent: 0,
         });
         Ok(())
+    }
+
+    /// Whether [`start`](Self::start) would take `digit` for `duration` once
+    /// idle: a DTMF digit, and a duration the 16-bit field holds.
+    pub fn check(&self, digit: char, duration: Duration) -> Result<(), DtmfError> {
+        self.event(digit, duration).map(|_| ())
+    }
+
+    /// The event code and the duration in RTP units (whole frames, at least one).
+    fn event(&self, digit: char, duration: Duration) -> Result<(u8, u16), DtmfError> {
+        let code = event_code(digit).ok_or(DtmfError::UnknownDigit(digit))?;
+        let frames = duration.as_micros().div_ceil(self.ptime_us).max(1);
+        let units = frames * u128::from(self.frame_units);
+        let total = u16::try_from(units).map_err(|_| DtmfError::DurationTooLong)?;
+        Ok((code, total))
     }
 
     /// RTP timestamp at which voice continues after the current event.
@@ -560,6 +572,15 @@ mod tests {
             tx.start('1', Duration::from_secs(10), 0),
             Err(DtmfError::DurationTooLong)
         );
+        assert_eq!(
+            tx.check('1', Duration::from_secs(10)),
+            Err(DtmfError::DurationTooLong)
+        );
+        assert_eq!(
+            tx.check('x', Duration::ZERO),
+            Err(DtmfError::UnknownDigit('x'))
+        );
+        assert_eq!(tx.check('#', Duration::from_millis(100)), Ok(()));
         // Zero duration still sends one frame.
         tx.start('1', Duration::ZERO, 0).unwrap();
         assert_eq!(std::iter::from_fn(|| tx.next_packet()).count(), 3);

@@ -291,8 +291,8 @@ impl ShardMedia {
     }
 
     /// Play `digit` to the caller as RFC 4733 events (a LiveKit participant's
-    /// SIP DTMF). False when the call is unknown here, did not offer
-    /// telephone-event, or a digit is still playing.
+    /// SIP DTMF), after the digits already queued for it. False when the call
+    /// is unknown here, did not offer telephone-event, or its queue is full.
     pub fn send_dtmf(
         &mut self,
         now: Instant,

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Join a switchboard room with the real Python LiveKit SDK (`livekit` 1.2.1) and
 press keys toward the phone caller (`LocalParticipant.publish_dtmf`, a LiveKit
-SIP DTMF data packet), one every 400 ms.
+SIP DTMF data packet). Each argument is a group of digits sent back to back,
+with no pause (as an agent sends "1234#"); groups are 400 ms apart.
 
-    python3 tests/python/livekit_send_dtmf.py ws://127.0.0.1:7880 TOKEN 7 '#'
+    python3 tests/python/livekit_send_dtmf.py ws://127.0.0.1:7880 TOKEN 7 '#' 123
 
 Prints one JSON line: {"error": str, "sent": [digits]}. Exit 3 without the SDK.
 """
@@ -21,16 +22,17 @@ except ImportError as e:
 CODES = {"*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
 
 
-async def main(url: str, token: str, digits: list) -> None:
+async def main(url: str, token: str, groups: list) -> None:
     room = rtc.Room()
     out = {"error": "", "sent": []}
     try:
         await asyncio.wait_for(room.connect(url, token), 30)
         await asyncio.sleep(0.5)  # data channels settle
-        for d in digits:
-            code = int(d) if d.isdigit() else CODES[d.upper()]
-            await room.local_participant.publish_dtmf(code=code, digit=d)
-            out["sent"].append(d)
+        for group in groups:
+            for d in group:
+                code = int(d) if d.isdigit() else CODES[d.upper()]
+                await room.local_participant.publish_dtmf(code=code, digit=d)
+                out["sent"].append(d)
             await asyncio.sleep(0.4)
         await asyncio.sleep(0.5)
     except Exception as e:
