@@ -76,7 +76,7 @@ fn start(name: &str) -> LiveKit {
 /// The server with `CONFIG` and `extra` appended (trunks, rules).
 fn start_with(name: &str, extra: &str) -> LiveKit {
     let scratch = Scratch::new(name);
-    let ports = Ports::alloc(8);
+    let ports = Ports::alloc(16);
     let lk = alloc_ports(1, true);
     let cfg = format!("{}{extra}", CONFIG.replace("@LK_PORT@", &lk.to_string()));
     let server = Server::start(&scratch, &cfg, &ports);
@@ -1180,4 +1180,225 @@ fn python_sdk_tone_is_heard_by_the_caller() {
     }
     assert_eq!(caller.bye(), 200);
     lk.server.stop();
+}
+
+/// The call record line of `call_id` (waits at most 5 s for it).
+fn call_record(server: &Server, call_id: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let id = format!("call_id={call_id} ");
+        if let Some(l) = server.log_lines_with(&["call record", &id]).pop() {
+            return l;
+        }
+        if std::time::Instant::now() > deadline {
+            server.fail(&format!("no call record for {call_id}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `from livekit import api` works (the `livekit-api` server SDK); as
+/// [`python_sdk_or_skip`], a CI run without it fails instead of skipping.
+fn python_server_api_or_skip(test: &str) -> bool {
+    if !python_sdk_or_skip(test) {
+        return false;
+    }
+    let ok = Command::new(python())
+        .args(["-c", "from livekit import api"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    assert!(
+        ok || !ci,
+        "{test}: livekit-api is not importable by {} and CI is set; run scripts/install-deps.sh",
+        python()
+    );
+    if !ok {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\n!!!!!!!! SKIPPED {test}: livekit-api not found (scripts/install-deps.sh). \
+             This test did NOT run. !!!!!!!!\n"
+        );
+    }
+    ok
+}
+
+/// An agent hangs up the phone caller as with LiveKit: the server SDK's
+/// `remove_participant` (Twirp RoomService) on the SIP participant. The
+/// caller gets a BYE, the call record says why, and the SDK saw the caller
+/// listed with kind SIP first; an identity that is not there is `not_found`.
+#[test]
+fn removing_the_sip_participant_hangs_up_the_call() {
+    let test = "removing_the_sip_participant_hangs_up_the_call";
+    if !python_server_api_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_remove_sip", TRUNK_AND_RULE);
+    let mut caller = ua::Ua::new(lk.ports.server_addr(), "+15550021", "+15550100", "lkrm");
+    assert_eq!(caller.call(), 200);
+    wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
+    let got = sdk_script(
+        "livekit_room_service.py",
+        &[
+            format!("http://{}", lk.addr),
+            "devkey".into(),
+            "secret".into(),
+            "call-+15550100".into(),
+            "remove".into(),
+        ],
+    );
+    if got["error"] != "" {
+        lk.server.fail(&format!("the server SDK failed: {got}"));
+    }
+    let listed = got["listed"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{got}");
+    assert_eq!(listed[0]["identity"], "sip_+15550021", "{got}");
+    assert_eq!(listed[0]["kind"], 3, "ParticipantInfo.Kind.SIP: {got}");
+    assert_eq!(got["removed"], "sip_+15550021", "{got}");
+    assert_eq!(got["unknown"], "not_found", "{got}");
+    let bye = caller.wait_bye(Duration::from_secs(5));
+    if bye.is_none() {
+        lk.server.fail("no BYE after RemoveParticipant");
+    }
+    let record = call_record(&lk.server, &caller.call_id);
+    assert!(
+        record.contains("reason=\"participant-removed\""),
+        "{record}"
+    );
+    assert!(record.contains("hangup_by=\"switchboard\""), "{record}");
+    lk.server.stop();
+}
+
+/// `delete_room` hangs up every phone caller in the room and ends it: a
+/// later `list_participants` of that room is `not_found`.
+#[test]
+fn deleting_the_room_hangs_up_its_callers() {
+    let test = "deleting_the_room_hangs_up_its_callers";
+    if !python_server_api_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_delete_room", TRUNK_AND_RULE);
+    let mut callers: Vec<ua::Ua> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| {
+            let from = format!("+1555003{i}");
+            let mut c = ua::Ua::new(lk.ports.server_addr(), &from, "+15550100", tag);
+            assert_eq!(c.call(), 200);
+            c
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lk
+        .server
+        .log_lines_with(&["SIP caller joined the LiveKit room"])
+        .len()
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "both callers join");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = sdk_script(
+        "livekit_room_service.py",
+        &[
+            format!("http://{}", lk.addr),
+            "devkey".into(),
+            "secret".into(),
+            "call-+15550100".into(),
+            "delete".into(),
+        ],
+    );
+    if got["error"] != "" {
+        lk.server.fail(&format!("the server SDK failed: {got}"));
+    }
+    assert_eq!(got["listed"].as_array().map(Vec::len), Some(2), "{got}");
+    assert_eq!(got["after"], "not_found", "{got}");
+    for c in &mut callers {
+        if c.wait_bye(Duration::from_secs(5)).is_none() {
+            lk.server.fail("a caller got no BYE after DeleteRoom");
+        }
+        let record = call_record(&lk.server, &c.call_id);
+        assert!(record.contains("reason=\"room-deleted\""), "{record}");
+    }
+    lk.server.stop();
+}
+
+/// The SIP participant as livekit-sip makes it, seen by a signal client
+/// already in the room: it joins while the call rings (`sip.callStatus`
+/// ringing, the answer held back by `answer_delay_ms`), turns active at the
+/// answer, and carries `sip.callTag` (our To-tag), `sip.hostname` (the
+/// caller's From host) and the dispatch rule's own attributes.
+#[test]
+fn the_sip_participant_rings_then_is_active_with_the_rules_attributes() {
+    use livekit_protocol::{participant_info, signal_response};
+    let Some(sipp) = common::sipp_or_skip("lk_ringing") else {
+        return;
+    };
+    let scratch = Scratch::new("lk_ringing");
+    let ports = Ports::alloc(16);
+    let lk_port = alloc_ports(1, true);
+    let cfg = format!(
+        "{}{}\n[dispatch_rules.attributes]\ndepartment = \"sales\"\n",
+        CONFIG
+            .replace("@LK_PORT@", &lk_port.to_string())
+            .replace("[sip]\n", "[sip]\nanswer_delay_ms = 1500\n"),
+        TRUNK_AND_RULE
+    );
+    let server = Server::start(&scratch, &cfg, &ports);
+    let addr = SocketAddr::from(([127, 0, 0, 1], lk_port));
+    let good = token("call-+15550100", b"secret", now_unix() - 5);
+    let mut ws = WsClient::open(
+        addr,
+        &upgrade_request(addr, "/rtc?auto_subscribe=1&protocol=16", &good),
+    );
+    assert!(matches!(
+        ws.response().message,
+        Some(signal_response::Message::Join(_))
+    ));
+    let call = common::Sipp::new(common::Scenario::file("uac_call.xml"))
+        .called("+15550100")
+        .pause_ms(500)
+        .timeout(Duration::from_secs(30))
+        .spawn(&sipp, &scratch, &ports, "uac_call");
+    // Every version of the SIP participant, until it has left.
+    let mut seen: Vec<livekit_protocol::ParticipantInfo> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !seen
+        .iter()
+        .any(|p| p.state == participant_info::State::Disconnected as i32)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the caller never left: {seen:?}"
+        );
+        if let Some(signal_response::Message::Update(u)) = ws.response().message {
+            seen.extend(
+                u.participants
+                    .into_iter()
+                    .filter(|p| p.kind == participant_info::Kind::Sip as i32),
+            );
+        }
+    }
+    let statuses: Vec<&str> = seen
+        .iter()
+        .filter_map(|p| p.attributes.get("sip.callStatus").map(String::as_str))
+        .collect();
+    let mut distinct = statuses.clone();
+    distinct.dedup();
+    assert_eq!(distinct, ["ringing", "active", "hangup"], "{seen:?}");
+    let first = &seen[0];
+    let attr = |k: &str| first.attributes.get(k).map(String::as_str).unwrap_or("");
+    assert_eq!(
+        attr("department"),
+        "sales",
+        "the rule's attribute: {first:?}"
+    );
+    assert_eq!(attr("sip.hostname"), "127.0.0.1", "{first:?}");
+    assert!(!attr("sip.callTag").is_empty(), "{first:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1].version > w[0].version),
+        "versions only grow: {seen:?}"
+    );
+    call.wait().assert_all_succeeded(&server, 1);
+    server.stop();
 }

@@ -13,6 +13,8 @@ struct Net {
     sent: Vec<(usize, Transmit)>,
     media: Vec<(usize, String)>,
     specs: Vec<MediaSpec>,
+    /// What each `Output::Ringing` said: (room, caller).
+    ringing: Vec<(String, CallerInfo)>,
 }
 
 impl Net {
@@ -29,6 +31,7 @@ impl Net {
             sent: vec![],
             media: vec![],
             specs: vec![],
+            ringing: vec![],
         }
     }
 
@@ -94,6 +97,10 @@ impl Net {
                         Output::MediaStart(spec) => {
                             self.media.push((s, format!("start {}", spec.call)));
                             self.specs.push(spec);
+                        }
+                        Output::Ringing { call, room, caller } => {
+                            self.media.push((s, format!("ring {call}")));
+                            self.ringing.push((room, caller));
                         }
                     }
                 }
@@ -238,11 +245,22 @@ fn full_call_udp() {
         net.media,
         vec![
             (0, "open call-a".to_string()),
+            (0, "ring call-a".to_string()),
             (0, "start call-a".to_string())
         ]
     );
     let tag = to_tag_of(&ok);
     assert!(tag.starts_with("sb0-"));
+    // The participant's facts: who called whom, from where, our dialog tag.
+    let (room, caller) = &net.ringing[0];
+    assert_eq!(room, &net.specs[0].room);
+    assert_eq!(caller, &net.specs[0].caller, "the same facts at the answer");
+    assert_eq!(caller.call_tag, tag);
+    assert_eq!(caller.callee, "+15550100");
+    assert_eq!(
+        (caller.number.as_str(), caller.from_host.as_str()),
+        ("+15550123", "127.0.0.1")
+    );
     net.recv(&in_dialog("ACK", "call-a", "z9hG4bK-a2", &tag, 1));
     // No 200 retransmission after the ACK.
     let before = net.sent.len();
@@ -449,8 +467,10 @@ fn pin_rule_waits_for_the_right_digits_then_joins_the_room() {
     let tag = to_tag_of(&ok_for_invite(&net));
     net.recv(&in_dialog("ACK", "call-pin", "z9hG4bK-p2", &tag, 1));
     let ck = CallKey("call-pin".into());
-    // Answered, but parked: one MediaStart so far, into a room of its own.
+    // Answered, but parked: one MediaStart so far, into a room of its own;
+    // it never rang into a room.
     assert_eq!(media_starts(&net).len(), 1);
+    assert!(net.ringing.is_empty());
     let spec_room = |net: &Net| {
         net.eps[0]
             .calls
