@@ -917,3 +917,259 @@ fn python_sdk_dtmf_is_played_to_the_caller() {
     assert_eq!(caller.bye(), 200);
     lk.server.stop();
 }
+
+/// The stdout of a running SDK script, line by line.
+type ScriptLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Start an SDK script in `tests/python/` that prints `ready` first; returns it
+/// once `ready` is read, with the rest of its stdout to read the report from.
+/// Its stderr (SDK logs) goes to `<script>.stderr` in the test's scratch dir.
+fn sdk_script_ready(
+    lk: &LiveKit,
+    script: &str,
+    args: &[String],
+) -> (std::process::Child, ScriptLines) {
+    use std::io::BufRead as _;
+    let log = lk.scratch.path(&format!("{script}.stderr"));
+    let mut child = Command::new(python())
+        .arg(repo_path(&format!("tests/python/{script}")))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("script log"))
+        .spawn()
+        .expect("run the SDK script");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(
+        ready,
+        "ready",
+        "{script}'s first line (see {})",
+        log.display()
+    );
+    (child, lines)
+}
+
+/// The report line of a script from [`sdk_script_ready`], after it exits.
+fn sdk_script_report(
+    script: &str,
+    mut child: std::process::Child,
+    mut lines: ScriptLines,
+) -> serde_json::Value {
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    let status = child.wait().expect("SDK script exit");
+    assert!(status.success(), "{script}: {status}: {result}");
+    serde_json::from_str(&result).unwrap_or_else(|e| panic!("{script}: {e}: {result:?}"))
+}
+
+/// `ua::tone_power` averaged over 100 ms blocks (8 kHz): a concealed or lost
+/// packet disturbs one block instead of the phase of the whole window, and the
+/// tones used here are whole periods per block (no leakage between them).
+fn block_power(samples: &[i16], hz: f64) -> f64 {
+    let blocks: Vec<f64> = samples
+        .chunks_exact(800)
+        .map(|b| ua::tone_power(b, hz))
+        .collect();
+    blocks.iter().sum::<f64>() / blocks.len().max(1) as f64
+}
+
+/// What `livekit_audio_from_caller.py` measured must be the caller's 1000 Hz
+/// tone (amplitude 8000 from the UA: RMS ~5660, tone power ~72 dB), coming
+/// from the SIP participant `from`, steadily.
+fn assert_sdk_heard_tone(lk: &LiveKit, got: &serde_json::Value, from: &str) {
+    if got["error"] != "" {
+        lk.server
+            .fail(&format!("the SDK did not get the caller's audio: {got}"));
+    }
+    assert_eq!(got["from"], from, "the SIP participant's track: {got}");
+    let f = |k: &str| got[k].as_f64().unwrap_or(f64::NAN);
+    assert!(f("frames") > 0.0, "no audio frames: {got}");
+    assert!(
+        f("samples") >= 2.0 * 48000.0,
+        "2 s of audio at least: {got}"
+    );
+    // The tone dominates: 10x the power at 1400 Hz, and most of the total
+    // (a noise or a wrong pitch fails both).
+    assert!(
+        f("tone_db") - f("off_db") >= 10.0,
+        "1000 Hz vs 1400 Hz: {got}"
+    );
+    assert!(
+        f("tone_db") >= f("total_db") - 3.0,
+        "1000 Hz carries most of the power: {got}"
+    );
+    // Not faint: G.711 and Opus keep the level to within a few dB.
+    assert!(f("rms") >= 1000.0, "the tone's level: {got}");
+    // Steady: three in four 100 ms blocks are the tone (the first ones may be
+    // the receiver's start-up silence).
+    assert!(
+        4.0 * f("tone_blocks") >= 3.0 * f("blocks"),
+        "the tone is steady, not choppy: {got}"
+    );
+}
+
+/// The caller's voice reaches the room (the agent case): our test UA
+/// calls into `call-+15550100` and is already talking (a 1000 Hz tone, G.711)
+/// when a real Python SDK participant joins; the SDK subscribes to the SIP
+/// participant's audio track (Opus) and what it decodes is that tone.
+#[test]
+fn python_sdk_hears_the_callers_tone() {
+    let test = "python_sdk_hears_the_callers_tone";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_python_audio_in", TRUNK_AND_RULE);
+    let mut caller = ua::Ua::new(
+        lk.ports.server_addr(),
+        "+15550011",
+        "+15550100",
+        "lkaudioin",
+    );
+    assert_eq!(caller.call(), 200);
+    // 10 s of tone: the SDK's start-up, connect, subscription and 2.5 s of
+    // listening all fall inside it.
+    let run = ua::MediaRun::start(
+        &caller.rtp,
+        caller.remote_rtp.expect("answer's RTP"),
+        ua::StreamPlan::tone(1000.0, 500),
+    );
+    wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
+    let got = sdk_script(
+        "livekit_audio_from_caller.py",
+        &[lk.url(), token("call-+15550100", b"secret", now_unix() - 5)],
+    );
+    run.stop();
+    assert_sdk_heard_tone(&lk, &got, "sip_+15550011");
+    assert_eq!(caller.bye(), 200);
+    lk.server.stop();
+}
+
+/// The other order: the SDK participant is in `call-+15550100` first, then the
+/// caller dials in and talks; the SDK gets the caller's track as it is
+/// published (not in its join) and hears the tone.
+#[test]
+fn python_sdk_hears_a_caller_who_joins_after_it() {
+    let test = "python_sdk_hears_a_caller_who_joins_after_it";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_python_audio_late", TRUNK_AND_RULE);
+    let script = "livekit_audio_from_caller.py";
+    let (sdk, lines) = sdk_script_ready(
+        &lk,
+        script,
+        &[lk.url(), token("call-+15550100", b"secret", now_unix() - 5)],
+    );
+    let mut caller = ua::Ua::new(
+        lk.ports.server_addr(),
+        "+15550012",
+        "+15550100",
+        "lkaudiolate",
+    );
+    assert_eq!(caller.call(), 200);
+    // 8 s: the subscription and 2.5 s of listening fall inside it.
+    let run = ua::MediaRun::start(
+        &caller.rtp,
+        caller.remote_rtp.expect("answer's RTP"),
+        ua::StreamPlan::tone(1000.0, 400),
+    );
+    let got = sdk_script_report(script, sdk, lines);
+    run.stop();
+    assert_sdk_heard_tone(&lk, &got, "sip_+15550012");
+    assert_eq!(caller.bye(), 200);
+    lk.server.stop();
+}
+
+/// An SDK participant's voice reaches the caller (the test): a real
+/// Python SDK participant publishes a microphone track and plays 600 Hz into
+/// it (Opus); the SIP caller (our test UA, sending silence) receives it in its
+/// G.711 mix: 600 Hz dominates what it hears while the SDK plays, and was not
+/// there before (the track published but silent).
+#[test]
+fn python_sdk_tone_is_heard_by_the_caller() {
+    let test = "python_sdk_tone_is_heard_by_the_caller";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_python_audio_out", TRUNK_AND_RULE);
+    let mut caller = ua::Ua::new(
+        lk.ports.server_addr(),
+        "+15550013",
+        "+15550100",
+        "lkaudioout",
+    );
+    assert_eq!(caller.call(), 200);
+    let called = std::time::Instant::now();
+    // 12 s of silence from the caller: its stream is live and it records the
+    // mix through the SDK's connect, publish, 1 s of silence and 4 s of tone.
+    let run = ua::MediaRun::start(
+        &caller.rtp,
+        caller.remote_rtp.expect("answer's RTP"),
+        ua::StreamPlan::tone(0.0, 600),
+    );
+    let script = "livekit_audio_to_caller.py";
+    let (sdk, lines) = sdk_script_ready(
+        &lk,
+        script,
+        &[
+            lk.url(),
+            token("call-+15550100", b"secret", now_unix() - 5),
+            "600".into(),
+            "4".into(),
+        ],
+    );
+    // `ready`: the track is published and the tone starts now.
+    let tone_at = std::time::Instant::now();
+    let got = sdk_script_report(script, sdk, lines);
+    if got["error"] != "" {
+        lk.server.fail(&format!("the SDK failed: {got}"));
+    }
+    let received = run.stop();
+    let between = |from: std::time::Instant, to: std::time::Instant| {
+        let rx: Vec<ua::Received> = received
+            .iter()
+            .filter(|r| r.at >= from && r.at < to)
+            .cloned()
+            .collect();
+        ua::decode_pcmu(&rx)
+    };
+    let ms = Duration::from_millis;
+    // While the tone plays, past the first 0.5 s (Opus, the network and the
+    // jitter buffer delay its start) and before its end.
+    let during = between(tone_at + ms(500), tone_at + ms(4000));
+    let before = between(called + ms(500), tone_at);
+    assert!(
+        during.len() >= 2 * 8000,
+        "the caller received {} samples in the 3.5 s the SDK played ({} packets in all)",
+        during.len(),
+        received.len()
+    );
+    let tone = block_power(&during, 600.0);
+    let off = block_power(&during, 1000.0);
+    // `ua::total_power` is A^2/8 for a tone of amplitude A, its Goertzel
+    // power A^2/4: twice it is what a pure tone would show at its frequency.
+    let total = 2.0 * ua::total_power(&during);
+    let report = format!(
+        "600 Hz {tone:.0}, 1000 Hz {off:.0}, total {total:.0} over {} samples; SDK: {got}",
+        during.len()
+    );
+    assert!(tone > 10.0 * off, "600 Hz vs 1000 Hz: {report}");
+    assert!(
+        tone > 0.5 * total,
+        "600 Hz carries most of the power: {report}"
+    );
+    // The SDK plays amplitude 10000 (power 2.5e7); 1000 (2.5e5) is a floor a
+    // mix gain stays above and silence or noise does not reach.
+    assert!(tone > 2.5e5, "the tone's level: {report}");
+    // Before the tone (published, silent) there was no 600 Hz. A server may
+    // send nothing at all then; what it did send must be quiet.
+    if before.len() >= 4000 {
+        let quiet = block_power(&before, 600.0);
+        assert!(
+            quiet * 100.0 < tone,
+            "600 Hz before the SDK played: {quiet:.0} ({} samples); {report}",
+            before.len()
+        );
+    }
+    assert_eq!(caller.bye(), 200);
+    lk.server.stop();
+}

@@ -220,6 +220,8 @@ struct AudioTx {
     /// Frame mode: the last extended RTP time written, to extend the 32-bit
     /// timestamps we are given across wrap-around.
     last_time: Option<u64>,
+    /// Its m-line's position in the SDP (slots are handed out in order).
+    line: usize,
 }
 
 /// A LiveKit participant's WebRTC session (one `RTCPeerConnection` on the
@@ -334,8 +336,10 @@ impl WebRtcPeer {
             return;
         };
         let mut in_audio = false;
+        let mut index = 0usize;
         for line in answer.lines() {
             if let Some(m) = line.strip_prefix("m=") {
+                index += 1;
                 // "m=audio 9 ..." is accepted; "m=audio 0 ..." is rejected.
                 in_audio = m.starts_with("audio ") && !m.starts_with("audio 0 ");
             } else if let Some(mid) = line.strip_prefix("a=mid:") {
@@ -352,6 +356,7 @@ impl WebRtcPeer {
                         pt,
                         next_seq: u64::from(rand::random::<u16>()),
                         last_time: None,
+                        line: index,
                     });
                 }
             }
@@ -361,6 +366,22 @@ impl WebRtcPeer {
     /// The audio m-lines we can send Opus on, after the last answer.
     pub fn sending_mids(&self) -> impl Iterator<Item = Mid> + '_ {
         self.audio.keys().copied()
+    }
+
+    /// The audio m-lines we only send on (the client offered them
+    /// `recvonly`): the slots for the tracks it subscribes to, in m-line
+    /// order. A `sendrecv` line is the client's own publication.
+    pub fn subscriber_slots(&self) -> Vec<Mid> {
+        let mut slots: Vec<(usize, Mid)> = self
+            .audio
+            .iter()
+            .filter_map(|(&mid, tx)| {
+                let m = self.rtc.media(mid)?;
+                (m.direction() == str0m::media::Direction::SendOnly).then_some((tx.line, mid))
+            })
+            .collect();
+        slots.sort_unstable();
+        slots.into_iter().map(|(_, m)| m).collect()
     }
 
     /// A trickled client candidate (`candidate:...` with or without `a=`).
@@ -803,6 +824,95 @@ pub fn stun_local_ufrag(bytes: &[u8]) -> Option<&str> {
     None
 }
 
+/// The audio m-lines of an offer that carry a track the client sends
+/// (`sendonly` or `sendrecv`), with the track id of their `a=msid` (the
+/// `cid` of the client's `AddTrackRequest`, JSEP s5.2.1).
+pub fn offered_send_tracks(offer: &str) -> Vec<(Mid, String)> {
+    let mut found = Vec::new();
+    for section in offer.split("\nm=").skip(1) {
+        if !section.starts_with("audio ") {
+            continue;
+        }
+        let mut mid = None;
+        let mut track = None;
+        let mut sends = false;
+        for line in section.lines().map(str::trim_end) {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                mid = Some(m.trim());
+            } else if let Some(ms) = line.strip_prefix("a=msid:") {
+                track = ms.split_whitespace().nth(1);
+            } else if line == "a=sendonly" || line == "a=sendrecv" {
+                sends = true;
+            }
+        }
+        if let (Some(mid), Some(track), true) = (mid, track, sends) {
+            found.push((Mid::from(mid), track.to_owned()));
+        }
+    }
+    found
+}
+
+/// Rewrite our answer so the client can tell which track each of our
+/// sending audio m-lines carries: `assigned` mids get `a=msid:<stream>
+/// <track>` (LiveKit's SDKs read the stream id as `<participant>|<track>`)
+/// in place of str0m's random one, in the `a=msid` line and the `a=ssrc
+/// ... msid:` lines; `idle` mids are answered `a=inactive` so they fire no
+/// track event until a later answer gives them a track (RFC 8829 s5.3.1).
+pub fn announce_tracks(
+    answer: &str,
+    assigned: &HashMap<Mid, (String, String)>,
+    idle: &[Mid],
+) -> String {
+    let mut out = String::with_capacity(answer.len() + 64 * assigned.len());
+    let mut sections = answer.split_inclusive("\r\n").peekable();
+    // The session part, up to the first m= line, is copied as is.
+    while let Some(line) = sections.next_if(|l| !l.starts_with("m=")) {
+        out.push_str(line);
+    }
+    let mut current: Vec<&str> = Vec::new();
+    let flush = |current: &mut Vec<&str>, out: &mut String| {
+        let mid = current
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(|m| Mid::from(m.trim_end()));
+        let audio = current.first().is_some_and(|l| l.starts_with("m=audio"));
+        let what = match mid {
+            Some(m) if audio => {
+                if let Some((stream, track)) = assigned.get(&m) {
+                    Some(Ok(format!("{stream} {track}")))
+                } else if idle.contains(&m) {
+                    Some(Err(()))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        for line in current.drain(..) {
+            match &what {
+                Some(Ok(msid)) if line.starts_with("a=msid:") => {
+                    out.push_str(&format!("a=msid:{msid}\r\n"));
+                }
+                Some(Ok(msid)) if line.starts_with("a=ssrc:") && line.contains(" msid:") => {
+                    let head = line.split(" msid:").next().unwrap_or(line);
+                    out.push_str(&format!("{head} msid:{msid}\r\n"));
+                }
+                Some(Err(())) if line.starts_with("a=sendonly") => out.push_str("a=inactive\r\n"),
+                Some(Err(())) if line.starts_with("a=msid:") => {}
+                _ => out.push_str(line),
+            }
+        }
+    };
+    for line in sections {
+        if line.starts_with("m=") && !current.is_empty() {
+            flush(&mut current, &mut out);
+        }
+        current.push(line);
+    }
+    flush(&mut current, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     //! Driven in memory on virtual time: a "browser" built from str0m with
@@ -1182,6 +1292,74 @@ mod tests {
     #[test]
     fn media_and_data_cross_both_ways_in_rtp_mode() {
         check_media_both_ways(true);
+    }
+
+    #[test]
+    fn announces_which_slot_carries_which_track() {
+        let now = Instant::now();
+        let config = PeerConfig {
+            host: server_addr(),
+            rtp_mode: false,
+        };
+        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let answer = peer.accept_offer(PYTHON_OFFER).expect("answered");
+        let slots = peer.subscriber_slots();
+        assert_eq!(slots.len(), 3, "the SDK's 3 recvonly audio lines");
+        let assigned = HashMap::from([(slots[0], ("PA_a|TR_b".to_owned(), "TR_b".to_owned()))]);
+        let out = announce_tracks(&answer, &assigned, &slots[1..]);
+        let sections: Vec<&str> = out.split("\r\nm=").skip(1).collect();
+        let section = |mid: Mid| {
+            sections
+                .iter()
+                .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
+                .copied()
+                .expect("every mid is still there")
+        };
+        let first = section(slots[0]);
+        assert!(first.contains("a=msid:PA_a|TR_b TR_b\r\n"), "{first}");
+        assert!(first.contains("a=sendonly"), "{first}");
+        let ssrc_msids: Vec<&str> = first
+            .lines()
+            .filter(|l| l.starts_with("a=ssrc:") && l.contains(" msid:"))
+            .collect();
+        assert!(
+            ssrc_msids
+                .iter()
+                .all(|l| l.ends_with(" msid:PA_a|TR_b TR_b")),
+            "{first}"
+        );
+        for &idle in &slots[1..] {
+            let s = section(idle);
+            assert!(s.contains("a=inactive") && !s.contains("a=sendonly"), "{s}");
+            assert!(!s.contains("a=msid:"), "{s}");
+        }
+        // Everything else is as str0m wrote it.
+        assert_eq!(out.lines().count(), answer.lines().count() - 2);
+        assert_eq!(out.split("\r\nm=").next(), answer.split("\r\nm=").next());
+    }
+
+    #[test]
+    fn finds_the_tracks_an_offer_sends() {
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+            a=msid:stream-1 track-cid-1\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\n\
+            a=msid:- track-cid-2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=sendonly\r\n\
+            a=msid:s v\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\na=sendrecv\r\n\
+            a=msid:s track-cid-3\r\n";
+        assert_eq!(
+            offered_send_tracks(offer),
+            vec![
+                (Mid::from("0"), "track-cid-1".to_owned()),
+                (Mid::from("3"), "track-cid-3".to_owned())
+            ]
+        );
+        assert!(
+            offered_send_tracks(PYTHON_OFFER).is_empty(),
+            "it only receives"
+        );
     }
 
     #[test]

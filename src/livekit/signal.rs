@@ -513,6 +513,15 @@ impl RoomSignal {
         }
     }
 
+    /// `pid`'s publication whose client id is `cid` (the track id in the
+    /// `a=msid` of its offer).
+    pub fn track_by_cid(&self, pid: &ParticipantSid, cid: &str) -> Option<&TrackSid> {
+        self.tracks
+            .iter()
+            .find(|(_, t)| &t.publisher == pid && t.cid == cid && !cid.is_empty())
+            .map(|(sid, _)| sid)
+    }
+
     /// Who published `track`.
     pub fn publisher(&self, track: &TrackSid) -> Option<&ParticipantSid> {
         self.tracks.get(track).map(|p| &p.publisher)

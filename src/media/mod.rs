@@ -47,6 +47,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::codec::g711::{Compander, Law};
+use crate::codec::opus::{OpusEncoder, MAX_ENCODED_BYTES, RTP_TICKS_PER_FRAME};
 use crate::rtp::stats::JITTER_HISTOGRAM_MAX_US;
 use crate::rtp::NtpTime;
 
@@ -146,6 +147,15 @@ pub enum MediaEvent {
     MediaTimeout { call: CallKey },
     /// The last participant left.
     RoomEnded { room: String },
+    /// One 20 ms frame of a published caller's voice, Opus at 8 kHz
+    /// (`codec::opus`), for the WebRTC subscribers of the caller's track.
+    /// Silence is encoded too: the stream never pauses while published.
+    Published {
+        call: CallKey,
+        payload: Bytes,
+        /// RTP timestamp, 48 kHz (RFC 7587 s4.1), 960 per frame.
+        rtp_timestamp: u32,
+    },
 }
 
 /// A call's media figures for its call record.
@@ -305,6 +315,21 @@ struct Call {
     participant: ParticipantId,
     /// The deadline of this call's live entry in `MediaEngine::timers`.
     scheduled: Instant,
+    /// Set while WebRTC participants subscribe to the caller's track.
+    publisher: Option<Box<Publisher>>,
+}
+
+/// A caller's published track: its voice Opus-encoded once per tick, for all
+/// of its subscribers (they share the packet).
+struct Publisher {
+    encoder: OpusEncoder,
+    rtp_timestamp: u32,
+}
+
+/// A WebRTC participant's audio track seated in a room's mix.
+struct TrackIn {
+    room: Arc<str>,
+    participant: ParticipantId,
 }
 
 /// What a timer entry is for. Entries are never removed from the heap; one is
@@ -329,6 +354,8 @@ pub struct MediaEngine {
     wallclock: Option<(Instant, Duration)>,
     calls: HashMap<CallKey, Call>,
     rooms: HashMap<Arc<str>, Room>,
+    /// WebRTC audio tracks mixed for the callers, by track sid.
+    tracks: HashMap<Arc<str>, TrackIn>,
     /// Every room's next tick and every call's next timer, earliest first, so
     /// a wake costs O(log n) per thing due instead of a visit of every room and
     /// call (measured: `bench/media.rs` `idle_wake`).
@@ -373,6 +400,7 @@ impl MediaEngine {
             wallclock: None,
             calls: HashMap::new(),
             rooms: HashMap::new(),
+            tracks: HashMap::new(),
             timers: BinaryHeap::new(),
             out: Outbox::new(),
             in_arena: BytesMut::with_capacity(ARENA_CHUNK),
@@ -476,6 +504,7 @@ impl MediaEngine {
                 room: m.room,
                 participant,
                 scheduled,
+                publisher: None,
             },
         );
     }
@@ -489,6 +518,30 @@ impl MediaEngine {
         if t < c.scheduled {
             c.scheduled = t;
             timers.push(Reverse((t, Due::Call(key.clone()))));
+        }
+    }
+
+    /// Encode one tick of a published caller (silence when it said nothing)
+    /// and queue it as [`MediaEvent::Published`].
+    fn publish(
+        out: &mut Outbox,
+        call: &CallKey,
+        p: &mut Publisher,
+        spoken: Option<&[i16; crate::codec::g711::FRAME_SAMPLES]>,
+    ) {
+        const SILENCE: [i16; crate::codec::g711::FRAME_SAMPLES] =
+            [0; crate::codec::g711::FRAME_SAMPLES];
+        let pcm = spoken.unwrap_or(&SILENCE);
+        let ts = p.rtp_timestamp;
+        p.rtp_timestamp = ts.wrapping_add(RTP_TICKS_PER_FRAME);
+        if let Some(payload) = cut(&mut out.arena, MAX_ENCODED_BYTES, |b| {
+            p.encoder.encode(pcm, b).ok()
+        }) {
+            out.event(MediaEvent::Published {
+                call: call.clone(),
+                payload,
+                rtp_timestamp: ts,
+            });
         }
     }
 
@@ -540,17 +593,125 @@ impl MediaEngine {
         m: &CallMedia,
         decoder: Decoder,
     ) -> ParticipantId {
-        let room = match rooms.get_mut(m.room.as_str()) {
+        let kind = ParticipantKind::Sip(m.call.clone());
+        Self::seat(rooms, timers, stats, now, &m.room, kind, decoder)
+    }
+
+    /// Seat a participant in room `name`, creating the room (and its first
+    /// tick) if it is the first.
+    fn seat(
+        rooms: &mut HashMap<Arc<str>, Room>,
+        timers: &mut Timers,
+        stats: &mut ShardMediaStats,
+        now: Instant,
+        name: &str,
+        kind: ParticipantKind,
+        decoder: Decoder,
+    ) -> ParticipantId {
+        let room = match rooms.get_mut(name) {
             Some(r) => r,
             None => {
                 stats.rooms_active += 1;
-                let name: Arc<str> = m.room.as_str().into();
-                let room = Room::new(m.room.clone(), now);
-                timers.push(Reverse((room.next_tick(), Due::Room(Arc::clone(&name)))));
-                rooms.entry(name).or_insert(room)
+                let key: Arc<str> = name.into();
+                let room = Room::new(name.to_owned(), now);
+                timers.push(Reverse((room.next_tick(), Due::Room(Arc::clone(&key)))));
+                rooms.entry(key).or_insert(room)
             }
         };
-        room.join(ParticipantKind::Sip(m.call.clone()), decoder)
+        room.join(kind, decoder)
+    }
+
+    /// A WebRTC participant published audio track `track` in `room`: from now
+    /// on its packets ([`handle_track_packet`](Self::handle_track_packet))
+    /// are decoded into the callers' mix. False if libopus made no decoder
+    /// or the track is already seated.
+    pub fn add_track(&mut self, now: Instant, room: &str, track: &str) -> bool {
+        if self.tracks.contains_key(track) {
+            return false;
+        }
+        let Some(decoder) = Decoder::opus() else {
+            return false;
+        };
+        let key: Arc<str> = track.into();
+        let kind = ParticipantKind::Track(Arc::clone(&key));
+        let participant = Self::seat(
+            &mut self.rooms,
+            &mut self.timers,
+            &mut self.stats,
+            now,
+            room,
+            kind,
+            decoder,
+        );
+        self.tracks.insert(
+            key,
+            TrackIn {
+                room: room.into(),
+                participant,
+            },
+        );
+        true
+    }
+
+    /// The track was unpublished (or its participant left).
+    pub fn remove_track(&mut self, track: &str) {
+        if let Some(t) = self.tracks.remove(track) {
+            Self::leave_room(
+                &mut self.rooms,
+                &mut self.out,
+                &mut self.stats,
+                &t.room,
+                t.participant,
+            );
+            self.prune_timers();
+        }
+    }
+
+    /// One Opus packet of a seated track (RTP sequence and 48 kHz timestamp
+    /// as received).
+    pub fn handle_track_packet(
+        &mut self,
+        track: &str,
+        sequence: u16,
+        rtp_timestamp: u32,
+        arrival: Instant,
+        payload: &[u8],
+    ) {
+        let Some(t) = self.tracks.get(track) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&t.room) else {
+            return;
+        };
+        if let Some(payload) = cut(&mut self.in_arena, payload.len(), |b| {
+            b.copy_from_slice(payload);
+            Some(payload.len())
+        }) {
+            room.push(t.participant, sequence, rtp_timestamp, arrival, payload);
+        }
+    }
+
+    /// Start or stop publishing the caller's voice as Opus
+    /// ([`MediaEvent::Published`] every tick). Starting costs one Opus
+    /// encoder; false if the call is unknown or libopus refused.
+    pub fn set_published(&mut self, call: &CallKey, on: bool) -> bool {
+        let Some(c) = self.calls.get_mut(call) else {
+            return false;
+        };
+        if !on {
+            c.publisher = None;
+            return true;
+        }
+        if c.publisher.is_none() {
+            let Ok(encoder) = OpusEncoder::new() else {
+                return false;
+            };
+            c.publisher = Some(Box::new(Publisher {
+                encoder,
+                rtp_timestamp: self.rng.gen(),
+            }));
+        }
+        true
     }
 
     /// Remove a participant; end the room if it was the last. Returns the
@@ -717,7 +878,7 @@ impl MediaEngine {
                     }
                     while let Some(tick) = room.due(now) {
                         room.mix(tick);
-                        for (_, kind, pcm) in room.mixed() {
+                        for (id, kind, pcm) in room.mixed() {
                             match kind {
                                 ParticipantKind::Sip(call) => {
                                     if let Some(c) = self.calls.get_mut(call) {
@@ -727,8 +888,14 @@ impl MediaEngine {
                                         self.stats.packets_out +=
                                             after.packets_out - before.packets_out;
                                         self.stats.bytes_out += after.bytes_out - before.bytes_out;
+                                        if let Some(p) = &mut c.publisher {
+                                            Self::publish(&mut self.out, call, p, room.spoken(id));
+                                        }
                                     }
                                 }
+                                // A track hears nothing here: its subscribers
+                                // get the other tracks forwarded (SFU).
+                                ParticipantKind::Track(_) => {}
                             }
                         }
                     }
@@ -1076,6 +1243,107 @@ mod tests {
             98,
             "two probation packets unsampled"
         );
+    }
+
+    /// A published caller's voice comes out as one Opus frame per tick, 960
+    /// RTP ticks apart (48 kHz clock, RFC 7587 s4.1), and decodes back to its
+    /// tone; unpublished, nothing more comes.
+    #[test]
+    fn a_published_caller_is_encoded_once_per_tick() {
+        let mut net = Net::new();
+        let mut phones = [Phone::new("a", "192.0.2.10:4000", 1000.0)];
+        net.eng
+            .add_call(net.now, phones[0].media("room", &phones[0].src.to_string()));
+        assert!(net.eng.set_published(&phones[0].call, true));
+        assert!(!net.eng.set_published(&CallKey("nobody".into()), true));
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let frames: Vec<(Bytes, u32)> = net
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                MediaEvent::Published {
+                    call,
+                    payload,
+                    rtp_timestamp,
+                } if *call == phones[0].call => Some((payload.clone(), *rtp_timestamp)),
+                _ => None,
+            })
+            .collect();
+        assert!((49..=51).contains(&frames.len()), "{}", frames.len());
+        for w in frames.windows(2) {
+            assert_eq!(w[1].1.wrapping_sub(w[0].1), 960);
+        }
+        let mut dec = crate::codec::opus::OpusDecoder::new().expect("decoder");
+        let mut pcm = Vec::new();
+        for (payload, _) in &frames {
+            let mut out = [0i16; 960];
+            let n = dec.decode(payload, &mut out).expect("our packets decode");
+            assert_eq!(n, FRAME_SAMPLES);
+            pcm.extend_from_slice(&out[..n]);
+        }
+        let tail = &pcm[pcm.len() - 4000..];
+        assert!(goertzel(tail, 1000.0) > 100.0 * goertzel(tail, 1400.0).max(1.0));
+        assert!(goertzel(tail, 1000.0) > 1e5);
+
+        assert!(net.eng.set_published(&phones[0].call, false));
+        let before = net.events.len();
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        assert!(!net.events[before..]
+            .iter()
+            .any(|(_, e)| matches!(e, MediaEvent::Published { .. })));
+    }
+
+    /// A WebRTC participant's Opus track is decoded into the callers' mix:
+    /// the caller hears its tone; removed, it leaves the room (and the room
+    /// its caller still holds goes on).
+    #[test]
+    fn a_caller_hears_a_webrtc_track() {
+        let mut net = Net::new();
+        let mut phones = [Phone::new("a", "192.0.2.10:4000", 1000.0)];
+        net.eng
+            .add_call(net.now, phones[0].media("room", &phones[0].src.to_string()));
+        assert!(net.eng.add_track(net.now, "room", "TR_browser"));
+        assert!(
+            !net.eng.add_track(net.now, "room", "TR_browser"),
+            "seated once"
+        );
+        // The browser's 600 Hz, Opus at 8 kHz, 48 kHz RTP clock.
+        let mut enc = crate::codec::opus::OpusEncoder::new().expect("encoder");
+        let start = net.now + Duration::from_millis(3);
+        let (mut seq, mut ts, mut n) = (7u16, 90_000u32, 0u64);
+        for k in 0..50u32 {
+            net.advance_to(start + FRAME * k);
+            let pkt = phones[0].voice();
+            net.receive(&phones[0], &pkt);
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            for s in pcm.iter_mut() {
+                *s = (8000.0 * (2.0 * PI * 600.0 * n as f64 / 8000.0).sin()) as i16;
+                n += 1;
+            }
+            let mut out = [0u8; 400];
+            let len = enc.encode(&pcm, &mut out).expect("encode");
+            net.eng
+                .handle_track_packet("TR_browser", seq, ts, net.now, &out[..len]);
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(960);
+        }
+        net.advance_to(start + FRAME * 50);
+        let pcm = decode(&net.rtp_to(&phones[0].call));
+        let tail = &pcm[pcm.len() - 4000..];
+        let heard = goertzel(tail, 600.0);
+        assert!(heard > 1e5, "the caller hears the track: {heard}");
+        assert!(
+            heard > 1000.0 * goertzel(tail, 1000.0).max(1.0),
+            "not itself"
+        );
+
+        net.eng.remove_track("TR_browser");
+        assert_eq!(net.eng.rooms(), 1, "the caller's room stays");
+        net.eng.remove_track("TR_browser"); // twice: nothing happens
+        let before = net.rtp_to(&phones[0].call).len();
+        talk(&mut net, &mut phones, 1, |_, _| false);
+        let pcm = decode(&net.rtp_to(&phones[0].call)[before..]);
+        assert!(goertzel(&pcm[pcm.len() - 4000..], 600.0) < 1.0, "gone");
     }
 
     /// A call re-added with another room (the room a PIN chose) leaves its old

@@ -13,9 +13,11 @@
 //!
 //! What it owns: the participants, their jitter buffers and decoders, their last
 //! good frame (for concealment) and the mixing buffers, and the tick schedule.
-//! Not the legs: a participant is a [`ParticipantKind`], today only a SIP
-//! caller named by its call; WebRTC participants join as another kind and bring
-//! their own decoder (Opus at 8 kHz) behind [`Decoder`].
+//! Not the legs: a participant is a [`ParticipantKind`]: a SIP caller named by
+//! its call, or a WebRTC participant's published audio track (Opus, decoded at
+//! 8 kHz behind [`Decoder`]). A track is mixed for the callers; it hears
+//! nothing here (WebRTC subscribers get each track forwarded, as an SFU does),
+//! and when no caller is in the room its packets are dropped undecoded.
 //!
 //! The mix is N-1 for every listener in O(N): everyone is summed once in i32
 //! (exact for up to 65536 full-scale talkers), and each listener gets the sum
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::codec::g711::{Compander, FRAME_SAMPLES};
+use crate::codec::opus::OpusDecoder;
 use crate::rtp::jitter_buffer::PushOutcome;
 use crate::rtp::{Frame, JitterBuffer, JitterBufferConfig};
 
@@ -50,6 +53,9 @@ const PLC_GAIN: [i32; 3] = [192, 128, 64];
 pub enum ParticipantKind {
     /// A phone caller: its audio comes and goes through the call's RTP session.
     Sip(CallKey),
+    /// A WebRTC participant's audio track (LiveKit `TR_...` sid): it only
+    /// speaks into the mix.
+    Track(std::sync::Arc<str>),
 }
 
 /// A participant's handle within its room.
@@ -57,19 +63,51 @@ pub enum ParticipantKind {
 pub struct ParticipantId(pub u32);
 
 /// How a participant's payloads become PCM at 8 kHz.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Decoder {
     G711(Compander),
+    /// Opus (RFC 7587) decoded at 8 kHz; its RTP clock is 48 kHz.
+    Opus(Box<OpusDecoder>),
 }
 
 impl Decoder {
+    /// An Opus decoder at 8 kHz, or `None` if libopus refused to make one.
+    pub fn opus() -> Option<Decoder> {
+        OpusDecoder::new().ok().map(|d| Decoder::Opus(Box::new(d)))
+    }
+
+    /// The RTP clock of the payloads this decoder takes.
+    fn clock_rate(&self) -> u32 {
+        match self {
+            Decoder::G711(_) => 8000,
+            Decoder::Opus(_) => crate::codec::opus::RTP_CLOCK_RATE,
+        }
+    }
+
     /// Decode one payload into `out` (160 samples); a short payload is padded
-    /// with silence rather than leaving stale samples.
-    fn decode(&self, payload: &[u8], out: &mut [i16; FRAME_SAMPLES]) {
+    /// with silence rather than leaving stale samples. An Opus packet longer
+    /// than 20 ms is cut to its first 20 ms (the jitter buffer paces 20 ms
+    /// frames); an undecodable one is silence.
+    fn decode(&mut self, payload: &[u8], out: &mut [i16; FRAME_SAMPLES]) {
         let n = match self {
             Decoder::G711(c) => c.decode(payload, out),
+            Decoder::Opus(d) => {
+                let mut wide = [0i16; crate::codec::opus::MAX_PACKET_SAMPLES];
+                let n = d.decode(payload, &mut wide).unwrap_or(0).min(FRAME_SAMPLES);
+                out[..n].copy_from_slice(&wide[..n]);
+                n
+            }
         };
         out[n..].fill(0);
+    }
+
+    /// A missing frame: Opus conceals it itself (PLC); `false` asks the room
+    /// to repeat the last frame, fading.
+    fn conceal(&mut self, out: &mut [i16; FRAME_SAMPLES]) -> bool {
+        match self {
+            Decoder::G711(_) => false,
+            Decoder::Opus(d) => d.conceal(out).is_ok(),
+        }
     }
 }
 
@@ -100,9 +138,16 @@ struct Participant {
 }
 
 impl Participant {
-    /// Fill `frame` for this tick from the jitter buffer.
-    fn pull(&mut self, now: Instant) {
-        match self.jitter.pop(now) {
+    /// Fill `frame` for this tick from the jitter buffer. With `decode`
+    /// false (nobody in the room listens to this participant) the frame is
+    /// only taken off the buffer.
+    fn pull(&mut self, now: Instant, decode: bool) {
+        let frame = self.jitter.pop(now);
+        if !decode {
+            self.speaking = false;
+            return;
+        }
+        match frame {
             Frame::Audio(payload) => {
                 self.decoder.decode(&payload, &mut self.frame);
                 self.last = self.frame;
@@ -112,6 +157,11 @@ impl Participant {
             }
             Frame::Missing => {
                 self.stats.concealed += 1;
+                if self.missing_run < PLC_GAIN.len() && self.decoder.conceal(&mut self.frame) {
+                    self.speaking = true;
+                    self.missing_run += 1;
+                    return;
+                }
                 match PLC_GAIN.get(self.missing_run) {
                     Some(&g) => {
                         for (o, &s) in self.frame.iter_mut().zip(&self.last) {
@@ -194,11 +244,13 @@ impl Room {
     pub fn join(&mut self, kind: ParticipantKind, decoder: Decoder) -> ParticipantId {
         let id = ParticipantId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
+        let clock_rate = decoder.clock_rate();
         self.participants.push(Participant {
             id,
             kind,
             decoder,
             jitter: JitterBuffer::new(JitterBufferConfig {
+                clock_rate,
                 frame: TICK,
                 ..JitterBufferConfig::default()
             }),
@@ -285,8 +337,15 @@ impl Room {
     pub fn mix(&mut self, now: Instant) {
         self.ticks += 1;
         self.sum.fill(0);
+        // Tracks are decoded only for callers to hear; a caller's own audio
+        // is always decoded (it is also what its published track carries).
+        let callers = self
+            .participants
+            .iter()
+            .any(|p| matches!(p.kind, ParticipantKind::Sip(_)));
         for p in &mut self.participants {
-            p.pull(now);
+            let decode = callers || matches!(p.kind, ParticipantKind::Sip(_));
+            p.pull(now, decode);
             if p.speaking {
                 for (s, &x) in self.sum.iter_mut().zip(&p.frame) {
                     *s += i32::from(x);
@@ -304,6 +363,15 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// What `id` said in the last [`mix`](Self::mix) (decoded or
+    /// concealed), or `None` for silence.
+    pub fn spoken(&self, id: ParticipantId) -> Option<&[i16; FRAME_SAMPLES]> {
+        self.participants
+            .iter()
+            .find(|p| p.id == id)
+            .and_then(|p| p.speaking.then_some(&p.frame))
     }
 
     /// What each participant hears, from the last [`mix`](Self::mix).
@@ -334,6 +402,50 @@ mod tests {
 
     fn pcmu() -> Decoder {
         Decoder::G711(Compander::new(Law::Pcmu))
+    }
+
+    /// A track is only decoded while a caller is there to hear it: alone,
+    /// its packets are taken off the buffer and nothing is played.
+    #[test]
+    fn a_track_alone_is_not_decoded() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        let track = r.join(
+            ParticipantKind::Track("TR_x".into()),
+            Decoder::opus().expect("libopus"),
+        );
+        let mut enc = crate::codec::opus::OpusEncoder::new().expect("encoder");
+        let mut out = [0u8; 400];
+        let len = enc
+            .encode(&[1000; FRAME_SAMPLES], &mut out)
+            .expect("encode");
+        for k in 0..10u16 {
+            let at = t + TICK * u32::from(k);
+            r.push(
+                track,
+                k,
+                u32::from(k) * 960,
+                at,
+                Bytes::copy_from_slice(&out[..len]),
+            );
+            r.mix(at + TICK);
+        }
+        assert_eq!(r.participant_stats(track).map(|s| s.played), Some(0));
+        let caller = r.join(call("a"), pcmu());
+        for k in 10..20u16 {
+            let at = t + TICK * u32::from(k);
+            r.push(
+                track,
+                k,
+                u32::from(k) * 960,
+                at,
+                Bytes::copy_from_slice(&out[..len]),
+            );
+            r.mix(at + TICK);
+        }
+        assert!(r.participant_stats(track).is_some_and(|s| s.played > 0));
+        assert!(r.spoken(track).is_some());
+        assert!(r.spoken(caller).is_none(), "the caller said nothing");
     }
 
     #[test]

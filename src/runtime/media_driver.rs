@@ -59,6 +59,37 @@ pub enum MediaNotice {
     Timeout(CallKey),
     /// A digit the caller pressed (the endpoint uses it for PIN entry).
     Dtmf(CallKey, char),
+    /// One Opus frame of a published caller (48 kHz RTP timestamp), for its
+    /// WebRTC subscribers.
+    Published(CallKey, bytes::Bytes, u32),
+}
+
+/// What the LiveKit side asks of the media engine. Queued by the shard and
+/// applied at the start of the next media tick, so the WebRTC side never
+/// needs the engine borrowed.
+#[derive(Debug)]
+pub enum MediaCommand {
+    /// Publish (or stop) the caller's voice as Opus.
+    Publish {
+        call: CallKey,
+        on: bool,
+    },
+    /// A WebRTC audio track to mix for the callers of `room`.
+    AddTrack {
+        room: String,
+        track: std::sync::Arc<str>,
+    },
+    RemoveTrack {
+        track: std::sync::Arc<str>,
+    },
+    /// One Opus packet of a track.
+    TrackPacket {
+        track: std::sync::Arc<str>,
+        sequence: u16,
+        rtp_timestamp: u32,
+        arrival: Instant,
+        payload: std::sync::Arc<[u8]>,
+    },
 }
 
 pub struct ShardMedia {
@@ -138,6 +169,36 @@ impl ShardMedia {
         match self.deadline {
             Some(d) => d.saturating_duration_since(now).clamp(MIN_WAKE, tick),
             None => tick,
+        }
+    }
+
+    /// Carry out one [`MediaCommand`].
+    pub fn apply(&mut self, now: Instant, cmd: MediaCommand) {
+        match cmd {
+            MediaCommand::Publish { call, on } => {
+                let Some(port) = self.ports.get(&call) else {
+                    return;
+                };
+                if !self.engine.set_published(&port.key, on) {
+                    warn!(call_id = %call, shard = self.shard, "caller's track not published (no Opus encoder)");
+                }
+            }
+            MediaCommand::AddTrack { room, track } => {
+                if !self.engine.add_track(now, &room, &track) {
+                    debug!(room = %room, track = %track, "track not mixed (already, or no Opus decoder)");
+                }
+            }
+            MediaCommand::RemoveTrack { track } => self.engine.remove_track(&track),
+            MediaCommand::TrackPacket {
+                track,
+                sequence,
+                rtp_timestamp,
+                arrival,
+                payload,
+            } => {
+                self.engine
+                    .handle_track_packet(&track, sequence, rtp_timestamp, arrival, &payload)
+            }
         }
     }
 
@@ -371,6 +432,15 @@ impl ShardMedia {
                     }
                     MediaEvent::RoomEnded { room } => {
                         debug!(room = %room, shard = self.shard, "room ended");
+                    }
+                    MediaEvent::Published {
+                        call,
+                        payload,
+                        rtp_timestamp,
+                    } => {
+                        if let Some(k) = self.by_media_key.get(&call) {
+                            notices.push(MediaNotice::Published(k.clone(), payload, rtp_timestamp));
+                        }
                     }
                 },
                 MediaOutput::Idle(deadline) => {

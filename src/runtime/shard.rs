@@ -25,7 +25,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::UdpSocket;
 use tracing::{error, info, warn};
 
-use super::media_driver::{MediaNotice, ShardMedia, TICK};
+use super::media_driver::{MediaCommand, MediaNotice, ShardMedia, TICK};
 use super::mesh::{self, Mesh, MeshError, ShardMsg};
 use super::sip_transport::{self, Connections, QueueError, ShardSockets, MAX_DATAGRAM};
 use super::{Limits, ShardCounters, StopFlags};
@@ -101,11 +101,29 @@ pub struct Shard {
     pub(super) media: RefCell<ShardMedia>,
     /// Wakes the media task when a call starts (it sleeps while there is none).
     media_kick: LocalSender<()>,
+    /// What the LiveKit side asked of the media engine since the last media
+    /// tick (bounded: see `queue_media_command`).
+    media_commands: RefCell<std::collections::VecDeque<MediaCommand>>,
     /// The LiveKit port's per-shard state, when the port is open.
     livekit: Option<Rc<super::livekit_http::Front>>,
 }
 
+/// Media commands waiting for the next media tick at most; beyond, track
+/// packets are dropped (a stalled media task must not grow memory).
+const MAX_MEDIA_COMMANDS: usize = 16 * 1024;
+
 impl Shard {
+    /// Queue a LiveKit-side request for the media task and wake it.
+    fn queue_media_command(&self, cmd: MediaCommand) {
+        let mut q = self.media_commands.borrow_mut();
+        if q.len() >= MAX_MEDIA_COMMANDS && matches!(cmd, MediaCommand::TrackPacket { .. }) {
+            return;
+        }
+        q.push_back(cmd);
+        drop(q);
+        let _ = self.media_kick.try_send(());
+    }
+
     /// Hand one received SIP message to the endpoint and carry out the result.
     pub fn on_inbound(self: &Rc<Self>, msg: Inbound) {
         let now = Instant::now();
@@ -337,13 +355,28 @@ async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
             return;
         }
         let now = Instant::now();
-        shard.media.borrow_mut().tick(now, &mut notices);
+        {
+            let commands = std::mem::take(&mut *shard.media_commands.borrow_mut());
+            let mut media = shard.media.borrow_mut();
+            for c in commands {
+                media.apply(now, c);
+            }
+            media.tick(now, &mut notices);
+        }
         for n in notices.drain(..) {
             match n {
                 MediaNotice::Timeout(call) => {
                     if let Ok(mut ep) = shard.endpoint.try_borrow_mut() {
                         ep.handle_media_timeout(now, &call);
                         shard.drain(&mut ep, now);
+                    }
+                }
+                MediaNotice::Published(call, payload, ts) => {
+                    if let Some(front) = &shard.livekit {
+                        front
+                            .rooms
+                            .borrow_mut()
+                            .caller_audio(&call.to_string(), &payload, ts, now);
                     }
                 }
                 MediaNotice::Dtmf(call, digit) => {
@@ -587,6 +620,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         mesh,
         media: RefCell::new(media),
         media_kick,
+        media_commands: RefCell::new(std::collections::VecDeque::new()),
         livekit: livekit.as_ref().map(|_| {
             Rc::new(super::livekit_http::Front::new(
                 id,
@@ -637,6 +671,12 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
                 let _ = shard.media_kick.try_send(());
                 played
             }));
+        let weak = Rc::downgrade(&shard);
+        front.rooms.borrow_mut().to_media = Some(Rc::new(move |cmd: MediaCommand| {
+            if let Some(shard) = weak.upgrade() {
+                shard.queue_media_command(cmd);
+            }
+        }));
         open_webrtc_port(id, &config, front);
     }
     if let Some(mut r) = receivers {

@@ -35,15 +35,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 use super::livekit_http::{SignalOutput as WsOutput, SignalPeer};
+use super::media_driver::MediaCommand;
+use crate::livekit::connect::Generation;
 use crate::livekit::http::Upgrade;
 use crate::livekit::peer::{
-    Datagram, PeerConfig, PeerEvent, PeerKey, PeerOutput, PeerSet, ShardDtls, WebRtcPeer,
+    announce_tracks, offered_send_tracks, Datagram, OpusPacket, PeerConfig, PeerEvent, PeerKey,
+    PeerOutput, PeerSet, ShardDtls, WebRtcPeer,
 };
 use crate::livekit::signal::{
-    MediaRequest, ParticipantSid, RoomSignal, SignalConfig, SignalOutput,
+    MediaRequest, ParticipantSid, RoomSignal, SignalConfig, SignalOutput, TrackSid,
 };
 use crate::livekit::sip_participant::{CallStatus, InboundCall, SipParticipant};
 use crate::sip::endpoint::{MediaSpec, PIN_ROOM_PREFIX};
+use std::sync::Arc;
+use str0m::media::Mid;
 
 /// WebSocket close code for a session the room ended (RFC 6455 s7.4.1: 1000).
 const CLOSE_NORMAL: u16 = 1000;
@@ -89,6 +94,10 @@ struct Outbound {
     notify: Rc<Notify>,
 }
 
+/// A subscriber slot: one of our send-only audio m-lines and the track it
+/// carries, if any.
+type Slot = (Mid, Option<Arc<str>>);
+
 /// The shard's WebRTC side: its UDP port's peers (one per participant).
 pub struct WebRtc {
     /// Our host candidate: the UDP socket's address as announced.
@@ -106,6 +115,18 @@ pub struct WebRtc {
     /// Data-channel messages received, to route through their room:
     /// (from, room, packet, reliable).
     data_in: Vec<(ParticipantSid, String, Vec<u8>, bool)>,
+    /// Per peer, its subscriber slots (our send-only audio m-lines, in order)
+    /// and the track each carries, as the last answer announced them.
+    down: HashMap<PeerKey, Vec<Slot>>,
+    /// Per peer, its own audio m-lines and the tracks it publishes on them.
+    up: HashMap<PeerKey, HashMap<Mid, Arc<str>>>,
+    /// Where each track is sent: (subscriber's peer, its slot).
+    forward: HashMap<Arc<str>, Vec<(PeerKey, Mid)>>,
+    /// Opus packets received, to forward and mix: (room, track, packet).
+    audio_in: Vec<(String, Arc<str>, OpusPacket)>,
+    /// `media_sections_requirement`s asked of each peer, bounded so a client
+    /// that never adds the sections cannot make us loop.
+    asked: HashMap<PeerKey, u32>,
 }
 
 /// At most this many datagrams wait for the socket; beyond, the oldest are
@@ -125,6 +146,11 @@ impl WebRtc {
             notify: Rc::new(Notify::default()),
             owners: HashMap::new(),
             data_in: Vec::new(),
+            down: HashMap::new(),
+            up: HashMap::new(),
+            forward: HashMap::new(),
+            audio_in: Vec::new(),
+            asked: HashMap::new(),
         })
     }
 
@@ -158,7 +184,14 @@ impl WebRtc {
                             }
                         }
                     }
-                    // Media and data are not routed yet (the room model change).
+                    PeerEvent::Opus(p) => {
+                        let track = self.up.get(&key).and_then(|m| m.get(&p.mid));
+                        if let (Some(track), Some((_, room))) = (track, self.owners.get(&key)) {
+                            if self.audio_in.len() < MAX_OUTBOX {
+                                self.audio_in.push((room.clone(), Arc::clone(track), p));
+                            }
+                        }
+                    }
                     _ => {}
                 },
                 Ok(PeerOutput::Timeout(t)) => {
@@ -259,14 +292,182 @@ impl WebRtc {
         self.drain(key);
     }
 
-    /// Drop `pid`'s peer and everything kept about it.
-    fn remove(&mut self, pid: &ParticipantSid) {
-        if let Some(key) = self.by_pid.remove(pid) {
-            if let Some(mut p) = self.peers.remove(key) {
-                let _ = p.close();
+    /// Drop `pid`'s peer and everything kept about it; returns the tracks
+    /// it published (to take out of the mix).
+    fn remove(&mut self, pid: &ParticipantSid) -> Vec<Arc<str>> {
+        let Some(key) = self.by_pid.remove(pid) else {
+            return Vec::new();
+        };
+        if let Some(mut p) = self.peers.remove(key) {
+            let _ = p.close();
+        }
+        self.deadlines.remove(&key);
+        self.owners.remove(&key);
+        self.down.remove(&key);
+        self.asked.remove(&key);
+        for dests in self.forward.values_mut() {
+            dests.retain(|(k, _)| *k != key);
+        }
+        self.forward.retain(|_, d| !d.is_empty());
+        self.up
+            .remove(&key)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    /// Give `pid`'s subscriptions (`wanted`: track, its publisher) slots in
+    /// the answer just made, and rewrite the answer to announce them.
+    /// Returns the answer, its `mid_to_track_id`, and how many subscriptions
+    /// found no free slot (the client must add sections).
+    fn assign(
+        &mut self,
+        pid: &ParticipantSid,
+        answer: &str,
+        wanted: &[(Arc<str>, String)],
+    ) -> (String, HashMap<String, String>, u32) {
+        let Some(key) = self.by_pid.get(pid).copied() else {
+            return (answer.to_owned(), HashMap::new(), 0);
+        };
+        let Some(peer) = self.peers.get_mut(key) else {
+            return (answer.to_owned(), HashMap::new(), 0);
+        };
+        let slots = peer.subscriber_slots();
+        let old = self.down.remove(&key).unwrap_or_default();
+        // Keep what a slot carried if it is still wanted; new slots start free.
+        let mut down: Vec<Slot> = slots
+            .iter()
+            .map(|&mid| {
+                let kept = old
+                    .iter()
+                    .find(|(m, _)| *m == mid)
+                    .and_then(|(_, t)| t.clone())
+                    .filter(|t| wanted.iter().any(|(w, _)| w == t));
+                (mid, kept)
+            })
+            .collect();
+        let mut missing = 0;
+        for (track, _) in wanted {
+            if down.iter().any(|(_, t)| t.as_ref() == Some(track)) {
+                continue;
             }
-            self.deadlines.remove(&key);
-            self.owners.remove(&key);
+            match down.iter_mut().find(|(_, t)| t.is_none()) {
+                Some(slot) => slot.1 = Some(Arc::clone(track)),
+                None => missing += 1,
+            }
+        }
+        let mut assigned = HashMap::new();
+        let mut mid_to_track = HashMap::new();
+        let mut idle = Vec::new();
+        for (mid, track) in &down {
+            match track {
+                Some(t) => {
+                    let publisher = wanted
+                        .iter()
+                        .find(|(w, _)| w == t)
+                        .map_or("", |(_, p)| p.as_str());
+                    assigned.insert(*mid, (format!("{publisher}|{t}"), t.to_string()));
+                    mid_to_track.insert(mid.to_string(), t.to_string());
+                }
+                None => idle.push(*mid),
+            }
+        }
+        // The forwarding table: this peer's old routes out, the new ones in.
+        for dests in self.forward.values_mut() {
+            dests.retain(|(k, _)| *k != key);
+        }
+        for (mid, track) in &down {
+            if let Some(t) = track {
+                self.forward
+                    .entry(Arc::clone(t))
+                    .or_default()
+                    .push((key, *mid));
+            }
+        }
+        self.forward.retain(|_, d| !d.is_empty());
+        self.down.insert(key, down);
+        (
+            announce_tracks(answer, &assigned, &idle),
+            mid_to_track,
+            missing,
+        )
+    }
+
+    /// Learn which of `pid`'s offered m-lines carry which of its tracks;
+    /// returns the tracks not seen before.
+    fn learn_published(
+        &mut self,
+        pid: &ParticipantSid,
+        tracks: Vec<(Mid, Arc<str>)>,
+    ) -> Vec<Arc<str>> {
+        let Some(key) = self.by_pid.get(pid).copied() else {
+            return Vec::new();
+        };
+        let up = self.up.entry(key).or_default();
+        let mut new = Vec::new();
+        for (mid, track) in tracks {
+            if !up.values().any(|t| *t == track) {
+                new.push(Arc::clone(&track));
+            }
+            up.insert(mid, track);
+        }
+        new
+    }
+
+    /// Ask `pid`'s client for more receive sections, within the bound.
+    fn may_ask(&mut self, pid: &ParticipantSid) -> bool {
+        let Some(key) = self.by_pid.get(pid).copied() else {
+            return false;
+        };
+        let n = self.asked.entry(key).or_default();
+        *n += 1;
+        *n <= crate::livekit::peer::MAX_AUDIO_MIDS as u32
+    }
+
+    /// Whether `pid` has a peer (has offered).
+    fn has_peer(&self, pid: &ParticipantSid) -> bool {
+        self.by_pid.contains_key(pid)
+    }
+
+    /// Stop sending `track` to `pid` (its slot is freed at the next answer).
+    fn unassign(&mut self, pid: &ParticipantSid, track: &str) {
+        let Some(key) = self.by_pid.get(pid).copied() else {
+            return;
+        };
+        if let Some(dests) = self.forward.get_mut(track) {
+            dests.retain(|(k, _)| *k != key);
+        }
+        self.forward.retain(|_, d| !d.is_empty());
+        if let Some(down) = self.down.get_mut(&key) {
+            for slot in down.iter_mut() {
+                if slot.1.as_deref() == Some(track) {
+                    slot.1 = None;
+                }
+            }
+        }
+    }
+
+    /// Whether anyone receives `track`.
+    fn is_forwarded(&self, track: &str) -> bool {
+        self.forward.contains_key(track)
+    }
+
+    /// Send one Opus packet of `track` to each of its subscribers (the same
+    /// payload, shared).
+    fn send_track(&mut self, track: &str, payload: &Arc<[u8]>, rtp_timestamp: u32, now: Instant) {
+        let Some(dests) = self.forward.get(track) else {
+            return;
+        };
+        let dests = dests.clone();
+        for (key, mid) in dests {
+            if let Some(p) = self.peers.get_mut(key) {
+                if !p.is_connected() {
+                    continue;
+                }
+                if let Err(e) = p.write_opus(mid, Arc::clone(payload), rtp_timestamp, now) {
+                    debug!(peer = ?key, %mid, error = %e, "Opus packet not sent");
+                }
+            }
+            self.drain(key);
         }
     }
 
@@ -295,13 +496,17 @@ pub struct SignalRooms {
     seeds: u64,
     rooms: HashMap<String, RoomSignal>,
     conns: HashMap<ParticipantSid, Rc<Outbound>>,
-    /// SIP Call-ID -> (room, participant).
-    sip: HashMap<String, (String, ParticipantSid)>,
+    /// SIP Call-ID -> (room, participant, its published track).
+    sip: HashMap<String, (String, ParticipantSid, TrackSid)>,
+    /// The callers whose voice the media engine publishes (Call-IDs).
+    publishing: std::collections::HashSet<String>,
     /// The shard's WebRTC port, when it could be opened.
     pub webrtc: Option<WebRtc>,
     /// Plays a digit to a SIP caller (by Call-ID), as RFC 4733 events: the
     /// shard's media engine, set by the shard.
     pub dtmf_to_caller: Option<DtmfToCaller>,
+    /// Hands requests to the shard's media engine (queued for its next tick).
+    pub to_media: Option<Rc<dyn Fn(MediaCommand)>>,
 }
 
 impl SignalRooms {
@@ -316,8 +521,10 @@ impl SignalRooms {
             rooms: HashMap::new(),
             conns: HashMap::new(),
             sip: HashMap::new(),
+            publishing: Default::default(),
             webrtc: None,
             dtmf_to_caller: None,
+            to_media: None,
         }
     }
 
@@ -376,7 +583,7 @@ impl SignalRooms {
         if spec.room.starts_with(PIN_ROOM_PREFIX) {
             return;
         }
-        if let Some((room, _)) = self.sip.get(&call_id) {
+        if let Some((room, _, _)) = self.sip.get(&call_id) {
             if *room == spec.room {
                 return; // a re-INVITE: same participant
             }
@@ -402,9 +609,9 @@ impl SignalRooms {
         let participant = SipParticipant::inbound(&call, CallStatus::Active);
         let room = self.room(&spec.room, now);
         match room.join_sip(participant, false, now) {
-            Ok((pid, _track)) => {
-                info!(call_id = %call_id, room = %spec.room, participant = %pid, "SIP caller joined the LiveKit room");
-                self.sip.insert(call_id, (spec.room.clone(), pid));
+            Ok((pid, track)) => {
+                info!(call_id = %call_id, room = %spec.room, participant = %pid, track = %track.as_str(), "SIP caller joined the LiveKit room");
+                self.sip.insert(call_id, (spec.room.clone(), pid, track));
             }
             Err(e) => {
                 warn!(call_id = %call_id, room = %spec.room, error = %e, "SIP caller not joined")
@@ -415,9 +622,10 @@ impl SignalRooms {
 
     /// The SIP call hung up: its participant leaves.
     pub fn sip_call_ended(&mut self, call_id: &str) {
-        let Some((room, pid)) = self.sip.remove(call_id) else {
+        let Some((room, pid, _)) = self.sip.remove(call_id) else {
             return;
         };
+        self.publishing.remove(call_id);
         if let Some(r) = self.rooms.get_mut(&room) {
             // As livekit-sip: the status says hangup, then the participant goes.
             r.set_call_status(&pid, CallStatus::Hangup);
@@ -475,25 +683,74 @@ impl SignalRooms {
                     }
                     SignalOutput::Media(MediaRequest::ParticipantLeft { pid, reason }) => {
                         debug!(room = name, participant = %pid, ?reason, "participant left");
-                        self.sip.retain(|_, (_, p)| *p != pid);
+                        self.sip.retain(|_, (_, p, _)| *p != pid);
                         if let Some(w) = &mut self.webrtc {
-                            w.remove(&pid);
+                            for track in w.remove(&pid) {
+                                if let Some(m) = &self.to_media {
+                                    m(MediaCommand::RemoveTrack { track });
+                                }
+                            }
                         }
                     }
                     SignalOutput::Media(MediaRequest::AcceptOffer { pid, sdp, id }) => {
-                        let answer = self
-                            .webrtc
-                            .as_mut()
-                            .and_then(|w| w.accept_offer(&pid, name, &sdp, Instant::now()));
-                        match answer {
-                            Some(a) => {
-                                if let Err(e) = room.send_answer(&pid, a, id, HashMap::new()) {
-                                    debug!(room = name, participant = %pid, error = %e, "answer not sent");
-                                }
+                        let Some(w) = self.webrtc.as_mut() else {
+                            debug!(room = name, participant = %pid, "offer not answered (no WebRTC port on this shard)");
+                            continue;
+                        };
+                        let Some(answer) = w.accept_offer(&pid, name, &sdp, Instant::now()) else {
+                            continue;
+                        };
+                        // The tracks it publishes, by the msid of its offer.
+                        let published: Vec<(Mid, Arc<str>)> = offered_send_tracks(&sdp)
+                            .into_iter()
+                            .filter_map(|(mid, cid)| {
+                                room.track_by_cid(&pid, &cid)
+                                    .map(|t| (mid, t.as_str().into()))
+                            })
+                            .collect();
+                        for track in w.learn_published(&pid, published) {
+                            info!(room = name, participant = %pid, track = %track, "audio track published (forwarded to subscribers, mixed for callers)");
+                            if let Some(m) = &self.to_media {
+                                m(MediaCommand::AddTrack {
+                                    room: name.to_owned(),
+                                    track,
+                                });
                             }
-                            None => {
-                                debug!(room = name, participant = %pid, "offer not answered (no WebRTC port on this shard)")
+                        }
+                        // What it subscribes to gets the answer's free slots.
+                        let wanted: Vec<(Arc<str>, String)> = room
+                            .subscriptions(&pid)
+                            .filter_map(|t| {
+                                room.publisher(t)
+                                    .map(|p| (t.as_str().into(), p.as_str().to_owned()))
+                            })
+                            .collect();
+                        let (answer, mid_to_track, missing) = w.assign(&pid, &answer, &wanted);
+                        if let Err(e) = room.send_answer(&pid, answer, id, mid_to_track) {
+                            debug!(room = name, participant = %pid, error = %e, "answer not sent");
+                        }
+                        if missing > 0 && w.may_ask(&pid) {
+                            let _ = room.require_media_sections(&pid, missing);
+                        }
+                    }
+                    SignalOutput::Media(MediaRequest::Subscribe {
+                        subscriber, track, ..
+                    }) => {
+                        // A peer that has answered needs a new slot: the
+                        // client adds one and re-offers (v1). Before its
+                        // first offer, that answer assigns it.
+                        let v1 = room.generation(&subscriber) == Some(Generation::V1);
+                        if let Some(w) = &mut self.webrtc {
+                            if w.has_peer(&subscriber) && v1 && w.may_ask(&subscriber) {
+                                let _ = room.require_media_sections(&subscriber, 1);
+                            } else if !v1 {
+                                debug!(room = name, participant = %subscriber, track = %track.as_str(), "subscription not carried (v0 subscriber PeerConnection not built)");
                             }
+                        }
+                    }
+                    SignalOutput::Media(MediaRequest::Unsubscribe { subscriber, track }) => {
+                        if let Some(w) = &mut self.webrtc {
+                            w.unassign(&subscriber, track.as_str());
                         }
                     }
                     SignalOutput::Media(MediaRequest::RemoteCandidate {
@@ -516,6 +773,7 @@ impl SignalRooms {
                 }
             }
         }
+        self.sync_publishing();
         if empty
             && self
                 .rooms
@@ -527,12 +785,76 @@ impl SignalRooms {
         }
     }
 
+    /// Publish a caller's voice exactly while someone receives its track.
+    fn sync_publishing(&mut self) {
+        let Some(w) = &self.webrtc else {
+            return;
+        };
+        for (call, (_, _, track)) in &self.sip {
+            let on = w.is_forwarded(track.as_str());
+            if on != self.publishing.contains(call) {
+                if on {
+                    self.publishing.insert(call.clone());
+                } else {
+                    self.publishing.remove(call);
+                }
+                info!(call_id = %call, track = %track.as_str(), on, "caller's track published to subscribers");
+                if let Some(m) = &self.to_media {
+                    m(MediaCommand::Publish {
+                        call: crate::sip::endpoint::CallKey(call.as_str().into()),
+                        on,
+                    });
+                }
+            }
+        }
+        self.publishing.retain(|c| self.sip.contains_key(c));
+    }
+
+    /// One Opus frame of a published caller: to its track's subscribers.
+    pub fn caller_audio(
+        &mut self,
+        call_id: &str,
+        payload: &[u8],
+        rtp_timestamp: u32,
+        now: Instant,
+    ) {
+        let (Some((_, _, track)), Some(w)) = (self.sip.get(call_id), &mut self.webrtc) else {
+            return;
+        };
+        let payload: Arc<[u8]> = payload.into();
+        w.send_track(track.as_str(), &payload, rtp_timestamp, now);
+    }
+
     /// A datagram on the shard's WebRTC port.
     pub fn webrtc_datagram(&mut self, from: std::net::SocketAddr, bytes: &[u8], now: Instant) {
         if let Some(w) = &mut self.webrtc {
             w.handle_datagram(from, bytes, now);
         }
         self.route_data();
+        self.route_audio(now);
+    }
+
+    /// Forward the Opus packets the peers received to their tracks'
+    /// subscribers (SFU: the packet as it came), and into the mix when the
+    /// room has callers.
+    fn route_audio(&mut self, now: Instant) {
+        let Some(w) = &mut self.webrtc else {
+            return;
+        };
+        let w: &mut WebRtc = w;
+        for (room, track, p) in std::mem::take(&mut w.audio_in) {
+            w.send_track(&track, &p.payload, p.rtp_timestamp, now);
+            let callers = self.sip.values().any(|(r, _, _)| *r == room);
+            if let (true, Some(m)) = (callers, &self.to_media) {
+                m(MediaCommand::TrackPacket {
+                    track,
+                    sequence: p.sequence,
+                    rtp_timestamp: p.rtp_timestamp,
+                    arrival: p.received,
+                    payload: p.payload,
+                });
+            }
+        }
     }
 
     /// The WebRTC peers' timers.
@@ -541,6 +863,7 @@ impl SignalRooms {
             w.handle_timeout(now);
         }
         self.route_data();
+        self.route_audio(now);
     }
 
     /// Relay the data packets the peers received, as their rooms say
@@ -563,7 +886,7 @@ impl SignalRooms {
                         let call = self
                             .sip
                             .iter()
-                            .find(|(_, (_, p))| p == pid)
+                            .find(|(_, (_, p, _))| p == pid)
                             .map(|(c, _)| c.clone());
                         let played = match (call, &self.dtmf_to_caller) {
                             (Some(c), Some(play)) => play(&c, *digit),
@@ -587,7 +910,7 @@ impl SignalRooms {
     /// participants get a LiveKit SIP DTMF data packet (the SDKs'
     /// `sip_dtmf_received`).
     pub fn sip_dtmf(&mut self, call_id: &str, digit: char) {
-        let Some((room, pid)) = self.sip.get(call_id) else {
+        let Some((room, pid, _)) = self.sip.get(call_id) else {
             return; // not in a LiveKit room (a PIN room, or no LiveKit port)
         };
         let (Some(r), Some(w)) = (self.rooms.get(room), &mut self.webrtc) else {
