@@ -191,7 +191,10 @@ fn browser_hears_the_phone_caller_and_the_caller_hears_the_browser() {
         fail("no participant of kind SIP (ParticipantKind.SIP = 3) with the caller's identity");
     }
     if got["published"] != true {
-        fail("livekit-client could not publish its tone");
+        fail(&format!(
+            "livekit-client could not publish its tone (its recoveries: {})",
+            got["reconnects"]
+        ));
     }
     if got["subscribed"] != true {
         fail("the SIP participant's audio track never reached the page");
@@ -199,22 +202,46 @@ fn browser_hears_the_phone_caller_and_the_caller_hears_the_browser() {
     let heard = &got["heard"];
     let frames = heard["frames"].as_u64().unwrap_or(0);
     let tone_frames = heard["tone_frames"].as_u64().unwrap_or(0);
-    if tone_frames * 2 < frames || frames < 10 {
+    let max_rms = heard["max_rms"].as_f64().unwrap_or(0.0);
+    if tone_frames * 2 < frames || frames < 10 || max_rms < 0.01 {
         fail(&format!(
             "the page did not hear the caller's {CALLER_HZ} Hz: {tone_frames} of {frames} \
-             100 ms frames peak there"
+             100 ms frames peak there, max RMS {max_rms}"
         ));
     }
 
     // The caller's side: half-second windows in which the browser's tone
-    // dominates, and loud enough to be a tone, not noise.
+    // dominates, and loud enough to be a tone, not noise; the page publishes
+    // for about LISTEN_MS + HOLD_MS, so 2 s of it is a safe floor.
     let pcm = ua::decode_pcmu(&received);
     let w = windows(&pcm, BROWSER_HZ);
     let toned = w
         .iter()
         .filter(|(p, share)| *p > 1e5 && *share > 0.5)
         .count();
-    if toned < 2 {
+    // Chromium's own WebRTC complaints, for the record (a pass can have them).
+    let webrtc_errors: Vec<&str> = page
+        .chromium_log
+        .lines()
+        .filter(|l| l.contains("ERROR:third_party/webrtc"))
+        .collect();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{test}: Chromium logged {} WebRTC errors{}{}",
+        webrtc_errors.len(),
+        if webrtc_errors.is_empty() { "" } else { ":\n" },
+        webrtc_errors.join("\n")
+    );
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{test}: page heard {tone_frames} of {frames} frames at {CALLER_HZ} Hz (max RMS {}), \
+         inbound {}, outbound {}; caller: {} packets, {toned} half-second windows of {BROWSER_HZ} Hz",
+        max_rms,
+        got["inbound"],
+        got["outbound"],
+        received.len()
+    );
+    if toned < 4 {
         let shown: Vec<String> = w.iter().map(|(p, s)| format!("{p:.0}/{s:.2}")).collect();
         fail(&format!(
             "the caller did not hear the browser's {BROWSER_HZ} Hz: {} packets, windows \

@@ -43,6 +43,9 @@ const R = {
   published_sid: "",
   audio_context: null,
   subscribed: false,
+  // livekit-client's own recoveries: a signal resume, or a full reconnect
+  // (new PeerConnection, new participant sid) after a negotiation failure.
+  reconnects: [],
   heard: null,
   inbound: null,
   outbound: null,
@@ -176,6 +179,8 @@ async function main() {
   log("livekit-client", LK.version, "connecting to", cfg.url);
   const room = new LK.Room({ adaptiveStream: false, dynacast: false });
   room.on(LK.RoomEvent.Disconnected, (reason) => log("room disconnected, reason", reason));
+  room.on(LK.RoomEvent.SignalReconnecting, () => R.reconnects.push("signal resume at +" + since() + " ms"));
+  room.on(LK.RoomEvent.Reconnecting, () => R.reconnects.push("full reconnect at +" + since() + " ms"));
   room.on(LK.RoomEvent.ParticipantConnected, (p) => log("participant connected", p.identity, "kind", p.kind));
   room.on(LK.RoomEvent.TrackSubscribed, (t, pub, p) => log("subscribed", t.kind, pub.trackSid, "of", p.identity));
   room.on(LK.RoomEvent.TrackSubscriptionFailed, (sid, p, err) => log("subscription failed", sid, p && p.identity, String(err)));
