@@ -15,6 +15,7 @@
 #   python3, python3-venv   for the Python LiveKit SDK below
 #   livekit==1.2.1 (PyPI, in a venv)   the real SDK of tests/livekit_http.rs
 #       (tests/python/); venv: $SB_PYTHON_VENV, default ~/.cache/switchboard/python
+#   livekit-api==1.2.2 (PyPI, same venv)   the real server SDK (Twirp RoomService)
 #   chromium (--browser)   the headless browser of tests/livekit_browser.rs
 #   livekit-client@2.23.0 (npm, --browser)   the real JS SDK that page runs (its
 #       UMD build, tests/browser/); into $SB_NODE_DIR, default
@@ -33,7 +34,7 @@ for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
         --browser) browser=1 ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -64,10 +65,11 @@ done
 # into a venv of its own (Debian's python3 is externally managed, PEP 668). The
 # version check makes a second run a no-op.
 LIVEKIT_PY_VERSION="1.2.1"
+LIVEKIT_API_PY_VERSION="1.2.2"
 venv="${SB_PYTHON_VENV:-${HOME:?set HOME or SB_PYTHON_VENV}/.cache/switchboard/python}"
 python_sdk_present() {
     [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c \
-        "import importlib.metadata as m, sys; from livekit import rtc; sys.exit(m.version('livekit') != '$LIVEKIT_PY_VERSION')" \
+        "import importlib.metadata as m, sys; from livekit import rtc, api; sys.exit(m.version('livekit') != '$LIVEKIT_PY_VERSION' or m.version('livekit-api') != '$LIVEKIT_API_PY_VERSION')" \
         >/dev/null 2>&1
 }
 python_sdk() {
@@ -82,7 +84,7 @@ python_sdk() {
     local py=python3
     [[ -x /usr/bin/python3 ]] && py=/usr/bin/python3
     [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "livekit==$LIVEKIT_PY_VERSION"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "livekit==$LIVEKIT_PY_VERSION" "livekit-api==$LIVEKIT_API_PY_VERSION"
     if ! python_sdk_present; then
         echo "install-deps: python livekit==$LIVEKIT_PY_VERSION still not importable from $venv" >&2
         return 1

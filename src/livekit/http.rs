@@ -75,6 +75,9 @@ pub struct RequestHead {
     pub websocket_version: Option<String>,
     /// `Access-Control-Request-Headers` of a preflight.
     pub cors_request_headers: Option<String>,
+    /// For a request with a body (Twirp).
+    pub content_type: Option<String>,
+    pub content_length: Option<usize>,
 }
 
 /// Parse a request head from the start of `buf`: `Ok(None)` while it is
@@ -124,6 +127,15 @@ pub fn parse_head(buf: &[u8], max: usize) -> Result<Option<(RequestHead, usize)>
             head.websocket_version = Some(value()?);
         } else if name.eq_ignore_ascii_case("access-control-request-headers") {
             head.cors_request_headers = Some(value()?);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            head.content_type = Some(value()?);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = value()?
+                .parse()
+                .map_err(|_| HeadError::Malformed("bad Content-Length".into()))?;
+            if head.content_length.replace(n).is_some() {
+                return Err(HeadError::Malformed("two Content-Length headers".into()));
+            }
         }
     }
     Ok(Some((head, len)))
@@ -405,6 +417,7 @@ mod tests {
                     websocket_key: Some(KEY.into()),
                     websocket_version: Some("13".into()),
                     cors_request_headers: None,
+                    ..RequestHead::default()
                 };
                 match route(&head, &KeyStore::dev(), NOW) {
                     Reply::Answer(a) => prop_assert!(a.status != 101),

@@ -44,3 +44,4 @@ pub mod peer;
 pub mod signal;
 pub mod sip_participant;
 pub mod token;
+pub mod twirp;

@@ -479,6 +479,11 @@ impl RoomSignal {
             .map(|(sid, _)| sid)
     }
 
+    /// Everyone's sid, hidden participants included.
+    pub fn participant_sids(&self) -> impl Iterator<Item = &ParticipantSid> {
+        self.participants.keys()
+    }
+
     /// Everyone in the room, hidden participants included.
     pub fn participants(&self) -> impl Iterator<Item = &lk::ParticipantInfo> {
         self.participants.values().map(|p| &p.info)

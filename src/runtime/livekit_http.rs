@@ -58,6 +58,7 @@ use super::shard::LogLimiter;
 use super::signal_rooms::{Notify, SignalRooms};
 use crate::livekit::http::{parse_head, route, Reply, Upgrade};
 use crate::livekit::token::KeyStore;
+use crate::livekit::twirp::{self, TwirpRequest, TwirpResponse};
 use crate::sip::endpoint::room_shard;
 
 /// Largest request head read (request line and headers). The Python SDK's v1
@@ -179,8 +180,17 @@ pub struct Handoff {
     pub fd: OwnedFd,
     /// Bytes read past the request head (normally none: clients wait for 101).
     pub prefix: Vec<u8>,
-    pub upgrade: Box<Upgrade>,
+    pub what: Handed,
     pub peer: Option<SocketAddr>,
+}
+
+/// What the owner shard is to do with a handed-over connection.
+#[derive(Debug)]
+pub enum Handed {
+    /// Answer 101 and run the signal session.
+    Signal(Box<Upgrade>),
+    /// Carry out a RoomService call and answer it.
+    Twirp(Box<TwirpRequest>),
 }
 
 /// On the owner shard: take a handed-over connection and serve it.
@@ -206,7 +216,10 @@ pub fn adopt(front: &Rc<Front>, h: Handoff) {
     }
     let front_rooms = Rc::clone(&front.rooms);
     glommio::spawn_local(async move {
-        upgraded(&front_rooms, stream, h.prefix, &h.upgrade, h.peer).await;
+        match h.what {
+            Handed::Signal(up) => upgraded(&front_rooms, stream, h.prefix, &up, h.peer).await,
+            Handed::Twirp(req) => serve_twirp(&front_rooms, stream, &req, h.peer).await,
+        }
         drop(slot);
     })
     .detach();
@@ -290,6 +303,10 @@ async fn connection(
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    if head.target.starts_with("/twirp/") {
+        let body = buf[len..].to_vec();
+        return twirp_request(front, hand_over, stream, &head, body, deadline, peer).await;
+    }
     match route(&head, &front.keys, now_unix) {
         Reply::Answer(answer) => {
             debug!(?peer, method = %head.method, status = answer.status, "LiveKit HTTP answer");
@@ -317,7 +334,7 @@ async fn connection(
             let handoff = Handoff {
                 fd,
                 prefix,
-                upgrade: up,
+                what: Handed::Signal(up),
                 peer,
             };
             if hand_over(owner, ShardMsg::LiveKit(handoff)) {
@@ -337,6 +354,130 @@ async fn connection(
             }
         }
     }
+}
+
+/// A Twirp call (`POST /twirp/livekit.RoomService/...`): read its body
+/// (bounded in size and time), check it, and carry it out on the room's
+/// owner shard (handing the connection over, as for a WebSocket).
+async fn twirp_request(
+    front: &Front,
+    hand_over: &dyn Fn(usize, ShardMsg) -> bool,
+    mut stream: TcpStream,
+    head: &crate::livekit::http::RequestHead,
+    mut body: Vec<u8>,
+    deadline: Instant,
+    peer: Option<SocketAddr>,
+) {
+    let answer = |r: TwirpResponse| r.to_bytes();
+    let n = match head.content_length {
+        Some(n) if n <= twirp::MAX_BODY => n,
+        Some(_) => {
+            let mut r = TwirpResponse::error("malformed", "request body too large");
+            r.status = 413;
+            let _ = stream.write_all(&answer(r)).await;
+            let _ = stream.close().await;
+            return;
+        }
+        None => {
+            let r = TwirpResponse::error("malformed", "Content-Length is required");
+            let _ = stream.write_all(&answer(r)).await;
+            let _ = stream.close().await;
+            return;
+        }
+    };
+    let mut chunk = [0u8; 2048];
+    while body.len() < n {
+        let read = futures_lite::future::or(async { Some(stream.read(&mut chunk).await) }, async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            None
+        })
+        .await;
+        match read {
+            Some(Ok(k)) if k > 0 => body.extend_from_slice(&chunk[..k.min(n - body.len())]),
+            _ => return,
+        }
+    }
+    body.truncate(n);
+    let path = head
+        .target
+        .split_once('?')
+        .map_or(&*head.target, |(p, _)| p);
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let req = match twirp::parse(
+        &head.method,
+        path,
+        head.content_type.as_deref(),
+        head.authorization.as_deref(),
+        &body,
+        &front.keys,
+        now_unix,
+    ) {
+        Ok(r) => r,
+        Err(r) => {
+            info!(?peer, path, status = r.status, "Twirp call refused");
+            let _ = stream.write_all(&answer(r)).await;
+            let _ = stream.close().await;
+            return;
+        }
+    };
+    let owner = room_shard(req.call.room(), front.shards);
+    if owner == front.shard {
+        return serve_twirp(&front.rooms, stream, &req, peer).await;
+    }
+    // SAFETY: dup(2) of the fd this stream owns and keeps open for the
+    // call; the new fd, if any, is owned by `OwnedFd` alone.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        warn!(?peer, error = %io::Error::last_os_error(), "dup failed; Twirp call refused");
+        let _ = stream
+            .write_all(&answer(TwirpResponse::error("unavailable", "try again")))
+            .await;
+        return;
+    }
+    // SAFETY: `dup` is a fresh, open fd nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    let handoff = Handoff {
+        fd,
+        prefix: Vec::new(),
+        what: Handed::Twirp(Box::new(req)),
+        peer,
+    };
+    if hand_over(owner, ShardMsg::LiveKit(handoff)) {
+        drop(stream);
+    } else {
+        let _ = stream
+            .write_all(&answer(TwirpResponse::error("unavailable", "try again")))
+            .await;
+        let _ = stream.close().await;
+    }
+}
+
+/// On the room's owner shard: carry out a RoomService call and answer it.
+/// Phone callers it disconnects are hung up (BYE) after the rooms are
+/// released (the SIP side reports back into them).
+async fn serve_twirp(
+    rooms: &Rc<RefCell<SignalRooms>>,
+    mut stream: TcpStream,
+    req: &TwirpRequest,
+    peer: Option<SocketAddr>,
+) {
+    let (outcome, hangups, hang_up) = {
+        let mut r = rooms.borrow_mut();
+        let (outcome, hangups) = r.room_service(&req.call, Instant::now());
+        (outcome, hangups, r.hang_up.clone())
+    };
+    let done = !matches!(outcome, twirp::Outcome::NotFound(_));
+    info!(?peer, call = ?req.call, done, "Twirp RoomService call");
+    if let Some(h) = hang_up {
+        for (call_id, cause) in &hangups {
+            h(call_id, *cause);
+        }
+    }
+    let r = twirp::respond(req, outcome);
+    let _ = stream.write_all(&r.to_bytes()).await;
+    let _ = stream.close().await;
 }
 
 /// Write the 101 and run the WebSocket with a fresh signal session.

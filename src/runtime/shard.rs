@@ -672,6 +672,30 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
                 played
             }));
         let weak = Rc::downgrade(&shard);
+        front.rooms.borrow_mut().hang_up = Some(Rc::new(
+            move |call_id: &str, cause: super::signal_rooms::HangUpCause| {
+                let Some(shard) = weak.upgrade() else {
+                    return;
+                };
+                let reason = match cause {
+                    super::signal_rooms::HangUpCause::ParticipantRemoved => {
+                        crate::sip::endpoint::EndReason::ParticipantRemoved
+                    }
+                    super::signal_rooms::HangUpCause::RoomDeleted => {
+                        crate::sip::endpoint::EndReason::RoomDeleted
+                    }
+                };
+                let key = crate::sip::endpoint::CallKey(call_id.into());
+                let now = Instant::now();
+                let Ok(mut ep) = shard.endpoint.try_borrow_mut() else {
+                    warn!(call_id, "endpoint busy: call not hung up");
+                    return;
+                };
+                ep.hang_up(now, &key, reason);
+                shard.drain(&mut ep, now);
+            },
+        ));
+        let weak = Rc::downgrade(&shard);
         front.rooms.borrow_mut().to_media = Some(Rc::new(move |cmd: MediaCommand| {
             if let Some(shard) = weak.upgrade() {
                 shard.queue_media_command(cmd);

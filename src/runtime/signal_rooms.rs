@@ -46,6 +46,7 @@ use crate::livekit::signal::{
     MediaRequest, ParticipantSid, RoomSignal, SignalConfig, SignalOutput, TrackSid,
 };
 use crate::livekit::sip_participant::{CallStatus, InboundCall, SipParticipant};
+use crate::livekit::twirp::{Outcome, RoomCall};
 use crate::sip::endpoint::{MediaSpec, PIN_ROOM_PREFIX};
 use std::sync::Arc;
 use str0m::media::Mid;
@@ -507,7 +508,23 @@ pub struct SignalRooms {
     pub dtmf_to_caller: Option<DtmfToCaller>,
     /// Hands requests to the shard's media engine (queued for its next tick).
     pub to_media: Option<Rc<dyn Fn(MediaCommand)>>,
+    /// Hangs up a phone caller (BYE) by Call-ID: the shard's SIP endpoint.
+    /// Called by whoever took the hang-ups out of [`SignalRooms::room_service`],
+    /// once the rooms are no longer borrowed.
+    pub hang_up: Option<HangUp>,
 }
+
+/// Why the room side ends a phone call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HangUpCause {
+    /// RoomService `RemoveParticipant` of its SIP participant.
+    ParticipantRemoved,
+    /// RoomService `DeleteRoom`.
+    RoomDeleted,
+}
+
+/// See [`SignalRooms::hang_up`].
+pub type HangUp = Rc<dyn Fn(&str, HangUpCause)>;
 
 impl SignalRooms {
     pub fn new(shard: usize, seed: u64) -> SignalRooms {
@@ -525,6 +542,7 @@ impl SignalRooms {
             webrtc: None,
             dtmf_to_caller: None,
             to_media: None,
+            hang_up: None,
         }
     }
 
@@ -895,7 +913,7 @@ impl SignalRooms {
                         if played {
                             info!(room = %room, participant = %pid, digit = %digit, "DTMF played to the caller");
                         } else {
-                            debug!(room = %room, participant = %pid, digit = %digit, "DTMF not played (no telephone-event, or a digit still playing)");
+                            debug!(room = %room, participant = %pid, digit = %digit, "DTMF not played (call gone, no telephone-event, or 32 digits already queued)");
                         }
                     }
                 }
@@ -924,6 +942,64 @@ impl SignalRooms {
             }
             Err(e) => debug!(call_id, room = %room, error = %e, "DTMF not relayed"),
         }
+    }
+
+    /// A RoomService call for a room of this shard. A participant removed
+    /// leaves with `PARTICIPANT_REMOVED` (its SDK is told, its WebSocket
+    /// closed); a deleted room's participants leave with `ROOM_DELETED`. Phone
+    /// callers among them are returned, to be hung up (BYE) by the caller of
+    /// this: their participant leaves now, with `sip.callStatus` hangup.
+    pub fn room_service(
+        &mut self,
+        call: &RoomCall,
+        _now: Instant,
+    ) -> (Outcome, Vec<(String, HangUpCause)>) {
+        use livekit_protocol::DisconnectReason;
+        let Some(room) = self.rooms.get_mut(call.room()) else {
+            return (Outcome::NotFound("room not found"), Vec::new());
+        };
+        let (victims, outcome, cause, reason) = match call {
+            RoomCall::ListParticipants { .. } => {
+                let list = room.participants().cloned().collect();
+                return (Outcome::Participants(list), Vec::new());
+            }
+            RoomCall::RemoveParticipant { identity, .. } => match room.find_identity(identity) {
+                Some(pid) => (
+                    vec![pid.clone()],
+                    Outcome::Removed,
+                    HangUpCause::ParticipantRemoved,
+                    DisconnectReason::ParticipantRemoved,
+                ),
+                None => return (Outcome::NotFound("participant not found"), Vec::new()),
+            },
+            RoomCall::DeleteRoom { .. } => {
+                let all = room.participant_sids().cloned().collect();
+                (
+                    all,
+                    Outcome::Deleted,
+                    HangUpCause::RoomDeleted,
+                    DisconnectReason::RoomDeleted,
+                )
+            }
+        };
+        let mut hangups = Vec::new();
+        for pid in &victims {
+            let caller = self
+                .sip
+                .iter()
+                .find(|(_, (_, p, _))| p == pid)
+                .map(|(c, _)| c.clone());
+            if let Some(call_id) = caller {
+                self.sip.remove(&call_id);
+                room.set_call_status(pid, CallStatus::Hangup);
+                info!(call_id = %call_id, room = %call.room(), participant = %pid, ?cause, "phone caller removed from the room: hanging up");
+                hangups.push((call_id, cause));
+            }
+            room.remove_participant(pid, reason);
+        }
+        let name = call.room().to_owned();
+        self.pump(&name);
+        (outcome, hangups)
     }
 
     /// Rooms open on this shard.

@@ -285,6 +285,10 @@ pub enum EndReason {
     MediaFailed,
     MediaTimeout,
     WrongPin,
+    /// The LiveKit side removed the caller's participant (RoomService).
+    ParticipantRemoved,
+    /// The LiveKit side deleted the caller's room (RoomService).
+    RoomDeleted,
 }
 
 impl EndReason {
@@ -299,6 +303,8 @@ impl EndReason {
             EndReason::MediaFailed => "media-failed",
             EndReason::MediaTimeout => "media-timeout",
             EndReason::WrongPin => "wrong-pin",
+            EndReason::ParticipantRemoved => "participant-removed",
+            EndReason::RoomDeleted => "room-deleted",
         }
     }
     fn by(self) -> &'static str {
@@ -1798,6 +1804,16 @@ impl Endpoint {
         if let Some(c) = self.calls.get(call) {
             warn!(call_id = %call, room = %c.routed.dispatch.room, "media timeout: no RTP from the caller");
             self.send_bye(now, call, EndReason::MediaTimeout);
+        }
+    }
+
+    /// The room side ended the call (its participant was removed, or its
+    /// room deleted): BYE, as livekit-sip does when the SIP participant
+    /// leaves. A call not yet answered is not in a room, so never asked.
+    pub fn hang_up(&mut self, now: Instant, call: &CallKey, reason: EndReason) {
+        if let Some(c) = self.calls.get(call) {
+            info!(call_id = %call, room = %c.routed.dispatch.room, reason = reason.as_str(), "hanging up from the room side");
+            self.send_bye(now, call, reason);
         }
     }
 
