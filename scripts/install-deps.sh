@@ -4,7 +4,8 @@
 #
 # Usage: scripts/install-deps.sh [--check] [--browser]
 #   --check     list what is missing and exit 1 if anything is; install nothing
-#   --browser   also the browser-test tools (chromium, chromium-driver)
+#   --browser   also the browser-test tools (chromium, chromium-driver, and
+#               livekit-client from npm; scripts/test.sh asks for them under CI)
 #   SB_SKIP_DEPS=1  do nothing (for machines set up by other means)
 #
 # What and why:
@@ -15,11 +16,16 @@
 #   livekit==1.2.1 (PyPI, in a venv)   the real SDK of tests/livekit_http.rs
 #       (tests/python/); venv: $SB_PYTHON_VENV, default ~/.cache/switchboard/python
 #   livekit-api==1.2.2 (PyPI, same venv)   the real server SDK (Twirp RoomService)
+#   chromium (--browser)   the headless browser of tests/livekit_browser.rs
+#   livekit-client@2.23.0 (npm, --browser)   the real JS SDK that page runs (its
+#       UMD build, tests/browser/); into $SB_NODE_DIR, default
+#       ~/.cache/switchboard/node; needs npm (Debian's npm when none is there)
 #
 # Runs `apt-get update` at most once, and only when something has to be installed.
 # As root (CI) it calls apt-get directly; otherwise through sudo. Nothing is downloaded
 # outside the package managers (apt; pip from PyPI for the SDK, whose wheel carries
-# its own compiled FFI library): no other prebuilt binaries.
+# its own compiled FFI library; npm for livekit-client, plain JavaScript): no other
+# prebuilt binaries, no browser builds (Chromium is Debian's).
 set -euo pipefail
 
 check_only=0
@@ -28,7 +34,7 @@ for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
         --browser) browser=1 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -41,6 +47,8 @@ fi
 packages=(sip-tester pkg-config cmake libopus-dev ca-certificates python3 python3-venv)
 if [[ "$browser" == "1" ]]; then
     packages+=(chromium chromium-driver)
+    # npm for livekit-client; a node/npm already on PATH (the image's) is kept.
+    command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 
 installed() {
@@ -84,9 +92,46 @@ python_sdk() {
     echo "install-deps: installed python livekit==$LIVEKIT_PY_VERSION ($venv)"
 }
 
+# livekit-client (npm), pinned; the UMD build is what the test page loads. Its
+# package.json asks for a newer node than Debian's, but node never runs it (the
+# browser does), so npm's engine warning is only noise.
+LIVEKIT_CLIENT_VERSION="2.23.0"
+node_dir="${SB_NODE_DIR:-${HOME:?set HOME or SB_NODE_DIR}/.cache/switchboard/node}"
+livekit_client_present() {
+    local pkg="$node_dir/node_modules/livekit-client/package.json"
+    [[ -f "$node_dir/node_modules/livekit-client/dist/livekit-client.umd.js" ]] &&
+        grep -q "\"version\": \"$LIVEKIT_CLIENT_VERSION\"" "$pkg" 2>/dev/null
+}
+livekit_client() {
+    if livekit_client_present; then
+        echo "install-deps: livekit-client@$LIVEKIT_CLIENT_VERSION present ($node_dir)"
+        return 0
+    fi
+    if [[ "$check_only" == "1" ]]; then
+        echo "install-deps: missing: livekit-client@$LIVEKIT_CLIENT_VERSION (npm) in $node_dir"
+        return 1
+    fi
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-save --no-audit --no-fund --ignore-scripts \
+        --omit=dev --loglevel=error "livekit-client@$LIVEKIT_CLIENT_VERSION"
+    if ! livekit_client_present; then
+        echo "install-deps: livekit-client@$LIVEKIT_CLIENT_VERSION still missing from $node_dir" >&2
+        return 1
+    fi
+    echo "install-deps: installed livekit-client@$LIVEKIT_CLIENT_VERSION ($node_dir)"
+}
+
+# What comes from the language registries, after the system packages.
+registries() {
+    python_sdk || return 1
+    if [[ "$browser" == "1" ]]; then
+        livekit_client || return 1
+    fi
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all present (${packages[*]})"
-    python_sdk
+    registries
     exit $?
 fi
 
@@ -126,4 +171,4 @@ if [[ ${#still[@]} -ne 0 ]]; then
     exit 1
 fi
 echo "install-deps: installed ${missing[*]}"
-python_sdk
+registries

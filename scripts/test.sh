@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run switchboard's whole test suite: unit tests, property tests, the RFC 4475
 # torture corpus, and the real-peer tests (sipp calls against the real binary,
-# tests/sip_calls.rs). Installs what the tests need first (scripts/install-deps.sh).
+# tests/sip_calls.rs, the real LiveKit SDKs in tests/livekit_http.rs, and livekit-client
+# in headless Chromium in tests/livekit_browser.rs). Installs what the tests need first
+# (scripts/install-deps.sh; with --browser under CI or SB_BROWSER=1).
 #
 # Usage: scripts/test.sh [--lint] [--no-deps] [-- ARGS for the test binaries]
 #   --lint      also `cargo fmt --check` and `cargo clippy --all-targets -D warnings`
@@ -10,8 +12,10 @@
 #   SB_TEST_TIMEOUT=1800 seconds the test step may take before it is killed
 #   SB_TEST_LOG=debug    switchboard's RUST_LOG inside the sipp tests
 #   SB_PYTHON=path       the Python with the livekit SDK (default: install-deps's venv)
-#   CI=true     a missing sipp (or Python livekit SDK) fails its tests instead of
-#               skipping them
+#   SB_BROWSER=1         install the browser test's tools too (Chromium, npm
+#                        livekit-client) outside CI; SB_BROWSER=0 not even under CI
+#   CI=true     a missing sipp (or Python livekit SDK, or Chromium / livekit-client)
+#               fails its tests instead of skipping them; implies SB_BROWSER=1
 #
 # Prints a summary at the end ("tests: N passed, N failed, N skipped") and exits
 # non-zero when any step failed.
@@ -28,7 +32,7 @@ while [[ $# -gt 0 ]]; do
         --lint) lint=1 ;;
         --no-deps) deps=0 ;;
         --) shift; test_args=("$@"); break ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -61,8 +65,14 @@ step() {
     return $rc
 }
 
+ci=0
+[[ -n "${CI:-}" && "${CI:-}" != "0" && "${CI:-}" != "false" ]] && ci=1
+deps_args=()
+if [[ "${SB_BROWSER:-$ci}" == "1" ]]; then
+    deps_args+=(--browser)
+fi
 if [[ $deps -eq 1 ]]; then
-    step deps scripts/install-deps.sh
+    step deps scripts/install-deps.sh "${deps_args[@]}"
 fi
 
 if [[ $lint -eq 1 ]]; then
@@ -112,9 +122,11 @@ for f in "$logdir/tests.log" "$logdir/doctests.log"; do
 done
 sipp_skipped=0
 sdk_skipped=0
+browser_skipped=0
 if [[ -f "$logdir/tests.log" ]]; then
     sipp_skipped=$(grep -c 'SKIPPED .*sipp not found' "$logdir/tests.log" || true)
     sdk_skipped=$(grep -c 'SKIPPED .*Python livekit SDK not found' "$logdir/tests.log" || true)
+    browser_skipped=$(grep -c 'SKIPPED .*browser not found' "$logdir/tests.log" || true)
 fi
 
 echo
@@ -132,6 +144,9 @@ if [[ $sipp_skipped -gt 0 ]]; then
 fi
 if [[ $sdk_skipped -gt 0 ]]; then
     echo "  !!! $sdk_skipped LiveKit SDK test(s) SKIPPED: Python livekit not installed (scripts/install-deps.sh) !!!"
+fi
+if [[ $browser_skipped -gt 0 ]]; then
+    echo "  !!! $browser_skipped browser test(s) SKIPPED: Chromium or npm livekit-client not installed (scripts/install-deps.sh --browser) !!!"
 fi
 echo "  logs: $logdir"
 echo "tests: $passed passed, $tfailed failed, $ignored skipped"
