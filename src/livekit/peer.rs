@@ -13,8 +13,9 @@
 //! room (SFU forward, or the SIP caller's encoded track) --> WebRtcPeer::write_opus / send_data
 //! ```
 //!
-//! What it owns: one str0m [`Rtc`] per participant, built Opus-only (so the
-//! video m-lines an SDK pre-allocates are answered rejected, port 0), in
+//! What it owns: one str0m [`Rtc`] per participant, built for Opus (the
+//! video m-lines an SDK pre-allocates are accepted but answered `inactive`:
+//! no video is ever sent or received), in
 //! ICE-lite mode (RFC 8445 s2.5: we never send checks, only answer them) with
 //! a single host candidate (the shard's own UDP address); the mapping between
 //! data channel ids and their labels; per-mid send state (payload type,
@@ -261,10 +262,16 @@ impl WebRtcPeer {
             .map_err(|e| PeerError::BadHost(config.host, e.to_string()))?;
         let mut rtc_config = RtcConfig::new()
             .set_ice_lite(true)
-            // Opus only: video m-lines are answered with port 0 (rejected),
-            // nothing else gets negotiated (docs/livekit.md s2, SDK probe).
+            // Opus for audio; nothing else gets negotiated (docs/livekit.md
+            // s2, SDK probe).
             .clear_codecs()
             .enable_opus(true, false)
+            // Video is accepted only to be answered `inactive` (see
+            // `idle_video`): a rejected m-line (port 0) stops the client's
+            // transceiver, and livekit-client 2.23 then builds its next offer
+            // on the stopped one and Chromium refuses it ("Transceiver not
+            // found based on m-line index").
+            .enable_vp8(true)
             .set_crypto_provider(dtls.provider.clone())
             .set_sctp_max_message_size(MAX_DATA_MESSAGE)
             .set_rtp_mode(config.rtp_mode);
@@ -318,7 +325,7 @@ impl WebRtcPeer {
             .sdp_api()
             .accept_offer(offer)
             .map_err(PeerError::OfferRefused)?;
-        let answer = answer.to_sdp_string();
+        let answer = idle_video(&answer.to_sdp_string());
         self.learn_audio_mids(&answer);
         Ok(answer)
     }
@@ -822,6 +829,31 @@ pub fn stun_local_ufrag(bytes: &[u8]) -> Option<&str> {
         rest = rest.get(padded..).unwrap_or(&[]);
     }
     None
+}
+
+/// Answer every accepted video m-line `a=inactive`, without msid or SSRCs:
+/// the client keeps its transceivers (a later offer may reuse them) and
+/// sends us no video, which this audio SFU would not forward anyway.
+pub fn idle_video(answer: &str) -> String {
+    let mut out = String::with_capacity(answer.len());
+    let mut video = false;
+    for line in answer.split_inclusive("\r\n") {
+        if line.starts_with("m=") {
+            video = line.starts_with("m=video ") && !line.starts_with("m=video 0 ");
+        }
+        if video {
+            let attr = line.trim_end();
+            if matches!(attr, "a=sendonly" | "a=recvonly" | "a=sendrecv") {
+                out.push_str("a=inactive\r\n");
+                continue;
+            }
+            if attr.starts_with("a=msid:") || attr.starts_with("a=ssrc") {
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// The audio m-lines of an offer that carry a track the client sends
@@ -1403,8 +1435,16 @@ mod tests {
             .collect();
         assert_eq!(video.len(), 3);
         assert!(
-            video.iter().all(|s| s.starts_with("video 0 ")),
-            "video rejected"
+            video
+                .iter()
+                .all(|s| s.starts_with("video 9 ") && s.contains("a=inactive")),
+            "video kept but idle: {video:?}"
+        );
+        assert!(
+            video.iter().all(|s| !s.contains("a=sendonly")
+                && !s.contains("a=msid")
+                && !s.contains("a=ssrc")),
+            "{video:?}"
         );
         assert!(
             sections
@@ -1866,7 +1906,7 @@ mod tests {
         };
         let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
         peer.accept_offer(PYTHON_OFFER).expect("answer");
-        // mid 3 is a rejected video m-line.
+        // mid 3 is an (idle) video m-line.
         assert!(matches!(
             peer.write_opus(Mid::from("3"), vec![1u8; 10], 0, now),
             Err(PeerError::UnknownMid(_))
