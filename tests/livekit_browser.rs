@@ -105,7 +105,25 @@ fn windows(pcm: &[i16], hz: f64) -> Vec<(f64, f64)> {
 
 #[test]
 fn browser_hears_the_phone_caller_and_the_caller_hears_the_browser() {
-    let test = "browser_hears_the_phone_caller_and_the_caller_hears_the_browser";
+    browser_call(
+        "browser_hears_the_phone_caller_and_the_caller_hears_the_browser",
+        false,
+    );
+}
+
+/// The same over the older signal path (`/rtc`: a publisher PeerConnection
+/// the browser offers on, and a subscriber one we offer the caller's track
+/// on), which livekit-client takes with `singlePeerConnection: false` and
+/// SDKs without single-PC support always take.
+#[test]
+fn browser_on_the_v0_signal_path_hears_the_caller_and_is_heard() {
+    browser_call(
+        "browser_on_the_v0_signal_path_hears_the_caller_and_is_heard",
+        true,
+    );
+}
+
+fn browser_call(test: &str, v0: bool) {
     let Some(tools) = browser::tools_or_skip(test) else {
         return;
     };
@@ -115,7 +133,7 @@ fn browser_hears_the_phone_caller_and_the_caller_hears_the_browser() {
             "{test}: no network namespace of its own (needs root): running in the host's"
         );
     }
-    let scratch = Scratch::new("lk_browser");
+    let scratch = Scratch::new(if v0 { "lk_browser_v0" } else { "lk_browser" });
     let ports = Ports::alloc(8);
     let lk_port = alloc_ports(1, true);
     let server = Server::start(
@@ -149,6 +167,7 @@ fn browser_hears_the_phone_caller_and_the_caller_hears_the_browser() {
             ("want", &want),
             ("listen", &listen),
             ("hold", &hold),
+            ("v0", if v0 { "1" } else { "0" }),
         ],
         Duration::from_secs(60),
     );

@@ -241,6 +241,8 @@ pub struct WebRtcPeer {
     connected: bool,
     /// The latest `now` seen, to bound the deadline (`MAX_POLL_INTERVAL`).
     last_now: Instant,
+    /// Our offer awaiting the client's answer (a v0 subscriber PeerConnection).
+    pending: Option<str0m::change::SdpPendingOffer>,
 }
 
 impl std::fmt::Debug for WebRtcPeer {
@@ -292,6 +294,7 @@ impl WebRtcPeer {
             dtls_up: false,
             connected: false,
             last_now: now,
+            pending: None,
         })
     }
 
@@ -368,6 +371,61 @@ impl WebRtcPeer {
                 }
             }
         }
+    }
+
+    /// v0 subscriber PeerConnection (we offer): new send-only audio m-lines,
+    /// one per `(stream id, track id)` (the msid LiveKit's SDKs read as
+    /// `<participant>|<track>`). Returns the offer and the new mids in order;
+    /// `None` while an earlier offer still waits for its answer (offer/answer
+    /// is one exchange at a time, RFC 3264 s4).
+    pub fn offer_tracks(
+        &mut self,
+        tracks: &[(String, String)],
+    ) -> Result<Option<(String, Vec<Mid>)>, PeerError> {
+        if self.pending.is_some() || tracks.is_empty() {
+            return Ok(None);
+        }
+        let mut api = self.rtc.sdp_api();
+        let mids: Vec<Mid> = tracks
+            .iter()
+            .map(|(stream, track)| {
+                api.add_media(
+                    MediaKind::Audio,
+                    str0m::media::Direction::SendOnly,
+                    Some(stream.clone()),
+                    Some(track.clone()),
+                    None,
+                )
+            })
+            .collect();
+        let Some((offer, pending)) = api.apply() else {
+            return Ok(None);
+        };
+        self.pending = Some(pending);
+        Ok(Some((offer.to_sdp_string(), mids)))
+    }
+
+    /// Whether our offer waits for an answer.
+    pub fn has_pending_offer(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The client's answer to our last offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), PeerError> {
+        if sdp.len() > MAX_OFFER_LEN {
+            return Err(PeerError::OfferTooLarge(sdp.len()));
+        }
+        let Some(pending) = self.pending.take() else {
+            return Err(PeerError::BadOffer("an answer without our offer".into()));
+        };
+        let answer = str0m::change::SdpAnswer::from_sdp_string(sdp)
+            .map_err(|e| PeerError::BadOffer(e.to_string()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(PeerError::OfferRefused)?;
+        self.learn_audio_mids(sdp);
+        Ok(())
     }
 
     /// The audio m-lines we can send Opus on, after the last answer.
@@ -986,7 +1044,8 @@ mod tests {
         rtc: Rtc,
         addr: SocketAddr,
         mid: Mid,
-        channel: ChannelId,
+        /// `_reliable`, when it offered one.
+        channel: Option<ChannelId>,
         events: Vec<Event>,
         /// Drop everything it sends (a client that vanished).
         silent: bool,
@@ -1008,7 +1067,7 @@ mod tests {
                 rtc,
                 addr,
                 mid,
-                channel,
+                channel: Some(channel),
                 events: Vec::new(),
                 silent: false,
             };
@@ -1295,7 +1354,7 @@ mod tests {
         net.peer(0)
             .send_data("_reliable", true, b"room to client")
             .expect("send on _reliable");
-        let channel = net.browsers[0].channel;
+        let channel = net.browsers[0].channel.expect("offered _reliable");
         let accepted = net.browsers[0]
             .rtc
             .channel(channel)
@@ -1324,6 +1383,88 @@ mod tests {
     #[test]
     fn media_and_data_cross_both_ways_in_rtp_mode() {
         check_media_both_ways(true);
+    }
+
+    #[test]
+    fn v0_subscriber_peer_offers_tracks_and_sends_on_them() {
+        // Our peer offers (the v0 subscriber PeerConnection), a full-ICE
+        // browser answers; Opus written on the offered mid arrives there,
+        // under the msid LiveKit's SDKs read as <participant>|<track>.
+        let mut net = Net::new(0, false);
+        let start = net.now;
+        let config = PeerConfig {
+            host: server_addr(),
+            rtp_mode: false,
+        };
+        let mut peer = WebRtcPeer::new(&config, &dtls(), start).expect("peer");
+        let tracks = [("PA_pub|TR_one".to_owned(), "TR_one".to_owned())];
+        let (offer, mids) = peer
+            .offer_tracks(&tracks)
+            .expect("offer made")
+            .expect("nothing pending");
+        assert_eq!(mids.len(), 1);
+        assert!(offer.contains("a=msid:PA_pub|TR_one TR_one"), "{offer}");
+        assert!(offer.contains("a=sendonly"), "{offer}");
+        assert!(peer.has_pending_offer());
+        assert!(
+            peer.offer_tracks(&tracks).expect("no error").is_none(),
+            "one at a time"
+        );
+
+        let baddr = addr(9, 5000);
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .build(start);
+        rtc.add_local_candidate(Candidate::host(baddr, "udp").expect("host candidate"));
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(str0m::change::SdpOffer::from_sdp_string(&offer).expect("parses"))
+            .expect("browser answers");
+        peer.accept_answer(&answer.to_sdp_string())
+            .expect("answer accepted");
+        assert!(!peer.has_pending_offer());
+        assert_eq!(peer.subscriber_slots(), mids);
+        let candidate = Candidate::host(baddr, "udp").expect("candidate");
+        peer.add_remote_candidate(&candidate.to_sdp_string())
+            .expect("candidate accepted");
+        net.browsers.push(Browser {
+            rtc,
+            addr: baddr,
+            mid: mids[0],
+            channel: None,
+            events: Vec::new(),
+            silent: false,
+        });
+        net.keys.push(net.set.insert(peer));
+        net.run_until(Duration::from_secs(5), "ICE + DTLS", |net| {
+            net.server_saw(0, |e| matches!(e, PeerEvent::Connected))
+        });
+        let mut ts = 960u32;
+        for _ in 0..20 {
+            let now = net.now;
+            net.peer(0)
+                .write_opus(mids[0], vec![0x78, 1, 2, 3], ts, now)
+                .expect("write on the offered mid");
+            ts += 960;
+            net.run_for(Duration::from_millis(20));
+        }
+        net.run_for(Duration::from_millis(100));
+        assert!(
+            net.browsers[0]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::MediaAdded(m) if m.mid == mids[0])),
+            "the browser got the track"
+        );
+        assert!(
+            net.browsers[0].media().len() >= 15,
+            "{}",
+            net.browsers[0].media().len()
+        );
+        // An answer nobody asked for is refused.
+        assert!(net.peer(0).accept_answer("v=0\r\n").is_err());
     }
 
     #[test]

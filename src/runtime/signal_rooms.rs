@@ -128,6 +128,14 @@ pub struct WebRtc {
     /// `media_sections_requirement`s asked of each peer, bounded so a client
     /// that never adds the sections cannot make us loop.
     asked: HashMap<PeerKey, u32>,
+    /// v0 (`/rtc`): each participant's subscriber PeerConnection, on which
+    /// we offer the tracks it subscribes to.
+    sub_by_pid: HashMap<ParticipantSid, PeerKey>,
+    /// v0: subscriptions not yet offered: (track, its publisher).
+    sub_wanted: HashMap<ParticipantSid, Vec<(Arc<str>, String)>>,
+    /// v0: the tracks of our outstanding offer, by subscriber peer.
+    sub_offered: HashMap<PeerKey, Vec<Slot>>,
+    next_offer_id: u32,
 }
 
 /// At most this many datagrams wait for the socket; beyond, the oldest are
@@ -152,6 +160,10 @@ impl WebRtc {
             forward: HashMap::new(),
             audio_in: Vec::new(),
             asked: HashMap::new(),
+            sub_by_pid: HashMap::new(),
+            sub_wanted: HashMap::new(),
+            sub_offered: HashMap::new(),
+            next_offer_id: 0,
         })
     }
 
@@ -281,8 +293,13 @@ impl WebRtc {
         Some(answer)
     }
 
-    fn remote_candidate(&mut self, pid: &ParticipantSid, init: &str) {
-        let Some(key) = self.by_pid.get(pid).copied() else {
+    fn remote_candidate(&mut self, pid: &ParticipantSid, init: &str, subscriber: bool) {
+        let peers = if subscriber {
+            &self.sub_by_pid
+        } else {
+            &self.by_pid
+        };
+        let Some(key) = peers.get(pid).copied() else {
             return;
         };
         if let Some(p) = self.peers.get_mut(key) {
@@ -296,9 +313,22 @@ impl WebRtc {
     /// Drop `pid`'s peer and everything kept about it; returns the tracks
     /// it published (to take out of the mix).
     fn remove(&mut self, pid: &ParticipantSid) -> Vec<Arc<str>> {
+        self.sub_wanted.remove(pid);
+        if let Some(key) = self.sub_by_pid.remove(pid) {
+            self.drop_peer(key);
+        }
         let Some(key) = self.by_pid.remove(pid) else {
             return Vec::new();
         };
+        self.drop_peer(key);
+        self.up
+            .remove(&key)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    /// Close one peer and forget its routes.
+    fn drop_peer(&mut self, key: PeerKey) {
         if let Some(mut p) = self.peers.remove(key) {
             let _ = p.close();
         }
@@ -310,10 +340,7 @@ impl WebRtc {
             dests.retain(|(k, _)| *k != key);
         }
         self.forward.retain(|_, d| !d.is_empty());
-        self.up
-            .remove(&key)
-            .map(|m| m.into_values().collect())
-            .unwrap_or_default()
+        self.sub_offered.remove(&key);
     }
 
     /// Give `pid`'s subscriptions (`wanted`: track, its publisher) slots in
@@ -431,9 +458,20 @@ impl WebRtc {
 
     /// Stop sending `track` to `pid` (its slot is freed at the next answer).
     fn unassign(&mut self, pid: &ParticipantSid, track: &str) {
-        let Some(key) = self.by_pid.get(pid).copied() else {
-            return;
-        };
+        if let Some(w) = self.sub_wanted.get_mut(pid) {
+            w.retain(|(t, _)| &**t != track);
+        }
+        let keys: Vec<PeerKey> = [self.by_pid.get(pid), self.sub_by_pid.get(pid)]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for key in keys {
+            self.unassign_on(key, track);
+        }
+    }
+
+    fn unassign_on(&mut self, key: PeerKey, track: &str) {
         if let Some(dests) = self.forward.get_mut(track) {
             dests.retain(|(k, _)| *k != key);
         }
@@ -445,6 +483,116 @@ impl WebRtc {
                 }
             }
         }
+    }
+
+    /// v0: `pid` subscribes to `track`: it is offered on its subscriber
+    /// PeerConnection (created on the first). Returns the offer to send
+    /// (SDP, id, mid_to_track_id), unless one is still outstanding.
+    fn subscribe_v0(
+        &mut self,
+        pid: &ParticipantSid,
+        room: &str,
+        track: Arc<str>,
+        publisher: String,
+        now: Instant,
+    ) -> Option<(String, u32, HashMap<String, String>)> {
+        let known = self.sub_by_pid.get(pid).is_some_and(|k| {
+            self.down
+                .get(k)
+                .into_iter()
+                .chain(self.sub_offered.get(k))
+                .flatten()
+                .any(|(_, t)| t.as_ref() == Some(&track))
+        });
+        let wanted = self.sub_wanted.entry(pid.clone()).or_default();
+        if !known && !wanted.iter().any(|(t, _)| *t == track) && wanted.len() < 64 {
+            wanted.push((track, publisher));
+        }
+        self.offer_v0(pid, room, now)
+    }
+
+    /// v0: offer `pid` what it waits for, if no offer is outstanding.
+    fn offer_v0(
+        &mut self,
+        pid: &ParticipantSid,
+        room: &str,
+        now: Instant,
+    ) -> Option<(String, u32, HashMap<String, String>)> {
+        if self.sub_wanted.get(pid).is_none_or(Vec::is_empty) {
+            return None;
+        }
+        let key = match self.sub_by_pid.get(pid) {
+            Some(k) => *k,
+            None => {
+                let config = PeerConfig {
+                    host: self.host,
+                    rtp_mode: false,
+                };
+                let peer = match WebRtcPeer::new(&config, &self.dtls, now) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(participant = %pid, error = %e, "subscriber PeerConnection not created");
+                        return None;
+                    }
+                };
+                let k = self.peers.insert(peer);
+                self.sub_by_pid.insert(pid.clone(), k);
+                self.owners.insert(k, (pid.clone(), room.to_string()));
+                k
+            }
+        };
+        let peer = self.peers.get_mut(key)?;
+        if peer.has_pending_offer() {
+            return None;
+        }
+        let wanted = self.sub_wanted.remove(pid).unwrap_or_default();
+        let msids: Vec<(String, String)> = wanted
+            .iter()
+            .map(|(t, publisher)| (format!("{publisher}|{t}"), t.to_string()))
+            .collect();
+        let (sdp, mids) = match peer.offer_tracks(&msids) {
+            Ok(Some(offer)) => offer,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(participant = %pid, error = %e, "subscriber offer not made");
+                return None;
+            }
+        };
+        let mut mid_to_track = HashMap::new();
+        let mut offered = Vec::new();
+        for (mid, (track, _)) in mids.into_iter().zip(wanted) {
+            mid_to_track.insert(mid.to_string(), track.to_string());
+            offered.push((mid, Some(track)));
+        }
+        self.sub_offered.insert(key, offered);
+        self.drain(key);
+        self.next_offer_id = self.next_offer_id.wrapping_add(1);
+        Some((sdp, self.next_offer_id, mid_to_track))
+    }
+
+    /// v0: the client's answer on its subscriber PeerConnection: the offered
+    /// tracks start flowing.
+    fn accept_answer_v0(&mut self, pid: &ParticipantSid, sdp: &str) {
+        let Some(key) = self.sub_by_pid.get(pid).copied() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = peer.accept_answer(sdp) {
+            warn!(participant = %pid, error = %e, "subscriber answer refused");
+            return;
+        }
+        for (mid, track) in self.sub_offered.remove(&key).unwrap_or_default() {
+            if let Some(t) = &track {
+                self.forward
+                    .entry(Arc::clone(t))
+                    .or_default()
+                    .push((key, mid));
+            }
+            self.down.entry(key).or_default().push((mid, track));
+        }
+        self.drain(key);
     }
 
     /// Whether anyone receives `track`.
@@ -770,9 +918,12 @@ impl SignalRooms {
                                 });
                             }
                         }
-                        // What it subscribes to gets the answer's free slots.
+                        // What it subscribes to gets the answer's free slots
+                        // (v1; a v0 client receives on its subscriber PC).
+                        let v1 = room.generation(&pid) == Some(Generation::V1);
                         let wanted: Vec<(Arc<str>, String)> = room
                             .subscriptions(&pid)
+                            .filter(|_| v1)
                             .filter_map(|t| {
                                 room.publisher(t)
                                     .map(|p| (t.as_str().into(), p.as_str().to_owned()))
@@ -787,18 +938,39 @@ impl SignalRooms {
                         }
                     }
                     SignalOutput::Media(MediaRequest::Subscribe {
-                        subscriber, track, ..
+                        subscriber,
+                        publisher,
+                        track,
                     }) => {
-                        // A peer that has answered needs a new slot: the
-                        // client adds one and re-offers (v1). Before its
-                        // first offer, that answer assigns it.
-                        let v1 = room.generation(&subscriber) == Some(Generation::V1);
-                        if let Some(w) = &mut self.webrtc {
-                            if w.has_peer(&subscriber) && v1 && w.may_ask(&subscriber) {
-                                let _ = room.require_media_sections(&subscriber, 1);
-                            } else if !v1 {
-                                debug!(room = name, participant = %subscriber, track = %track.as_str(), "subscription not carried (v0 subscriber PeerConnection not built)");
+                        let Some(w) = &mut self.webrtc else {
+                            continue;
+                        };
+                        match room.generation(&subscriber) {
+                            // A peer that has answered needs a new slot: the
+                            // client adds one and re-offers. Before its
+                            // first offer, that answer assigns it.
+                            Some(Generation::V1) => {
+                                if w.has_peer(&subscriber) && w.may_ask(&subscriber) {
+                                    let _ = room.require_media_sections(&subscriber, 1);
+                                }
                             }
+                            // v0: we offer it on the subscriber PC.
+                            Some(Generation::V0) => {
+                                let offer = w.subscribe_v0(
+                                    &subscriber,
+                                    name,
+                                    track.as_str().into(),
+                                    publisher.as_str().to_owned(),
+                                    Instant::now(),
+                                );
+                                if let Some((sdp, id, map)) = offer {
+                                    if let Err(e) = room.send_offer(&subscriber, sdp, id, map) {
+                                        debug!(room = name, participant = %subscriber, error = %e, "offer not sent");
+                                    }
+                                }
+                            }
+                            // A phone caller hears the mix, not tracks.
+                            None => {}
                         }
                     }
                     SignalOutput::Media(MediaRequest::Unsubscribe { subscriber, track }) => {
@@ -809,10 +981,24 @@ impl SignalRooms {
                     SignalOutput::Media(MediaRequest::RemoteCandidate {
                         pid,
                         candidate_init,
+                        target,
                         ..
                     }) => {
                         if let Some(w) = &mut self.webrtc {
-                            w.remote_candidate(&pid, &candidate_init);
+                            let sub = target == livekit_protocol::SignalTarget::Subscriber;
+                            w.remote_candidate(&pid, &candidate_init, sub);
+                        }
+                    }
+                    SignalOutput::Media(MediaRequest::AcceptAnswer { pid, sdp, .. }) => {
+                        let Some(w) = &mut self.webrtc else {
+                            continue;
+                        };
+                        w.accept_answer_v0(&pid, &sdp);
+                        // What was subscribed meanwhile goes in the next offer.
+                        if let Some((sdp, id, map)) = w.offer_v0(&pid, name, Instant::now()) {
+                            if let Err(e) = room.send_offer(&pid, sdp, id, map) {
+                                debug!(room = name, participant = %pid, error = %e, "offer not sent");
+                            }
                         }
                     }
                     SignalOutput::Media(req) => {

@@ -31,6 +31,9 @@ const cfg = {
   listenMs: num("listen", 5000),
   holdMs: num("hold", 1000),
   lklog: q.get("lklog") || "info",
+  // v0=1: the older signal path (/rtc, publisher and subscriber
+  // PeerConnections), as SDKs without single-PC support use it.
+  v0: q.get("v0") === "1",
 };
 
 const R = {
@@ -177,7 +180,11 @@ async function main() {
   R.sdk_version = LK.version;
   LK.setLogLevel(cfg.lklog);
   log("livekit-client", LK.version, "connecting to", cfg.url);
-  const room = new LK.Room({ adaptiveStream: false, dynacast: false });
+  const room = new LK.Room({
+    adaptiveStream: false,
+    dynacast: false,
+    singlePeerConnection: !cfg.v0,
+  });
   room.on(LK.RoomEvent.Disconnected, (reason) => log("room disconnected, reason", reason));
   room.on(LK.RoomEvent.SignalReconnecting, () => R.reconnects.push("signal resume at +" + since() + " ms"));
   room.on(LK.RoomEvent.Reconnecting, () => R.reconnects.push("full reconnect at +" + since() + " ms"));
