@@ -949,10 +949,10 @@ impl SignalRooms {
                             // A peer that has answered needs a new slot: the
                             // client adds one and re-offers. Before its
                             // first offer, that answer assigns it.
-                            Some(Generation::V1) => {
-                                if w.has_peer(&subscriber) && w.may_ask(&subscriber) {
-                                    let _ = room.require_media_sections(&subscriber, 1);
-                                }
+                            Some(Generation::V1)
+                                if w.has_peer(&subscriber) && w.may_ask(&subscriber) =>
+                            {
+                                let _ = room.require_media_sections(&subscriber, 1);
                             }
                             // v0: we offer it on the subscriber PC.
                             Some(Generation::V0) => {
@@ -969,8 +969,10 @@ impl SignalRooms {
                                     }
                                 }
                             }
-                            // A phone caller hears the mix, not tracks.
-                            None => {}
+                            // Not answered yet (its first answer assigns the
+                            // slot), asked too often; or a phone caller, who
+                            // hears the mix, not tracks.
+                            Some(Generation::V1) | None => {}
                         }
                     }
                     SignalOutput::Media(MediaRequest::Unsubscribe { subscriber, track }) => {
