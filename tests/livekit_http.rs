@@ -1013,6 +1013,12 @@ fn assert_sdk_heard_tone(lk: &LiveKit, got: &serde_json::Value, from: &str) {
         4.0 * f("tone_blocks") >= 3.0 * f("blocks"),
         "the tone is steady, not choppy: {got}"
     );
+    // The room's speakers_changed named the caller an active speaker.
+    let speakers = got["speakers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        speakers.iter().any(|s| s == from),
+        "{from} among the active speakers: {got}"
+    );
 }
 
 /// The caller's voice reaches the room (the agent case): our test UA

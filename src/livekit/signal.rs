@@ -527,6 +527,14 @@ impl RoomSignal {
             .map(|(sid, _)| sid)
     }
 
+    /// Who published the track with sid `track`.
+    pub fn publisher_of(&self, track: &str) -> Option<&ParticipantSid> {
+        self.tracks
+            .iter()
+            .find(|(sid, _)| sid.0 == track)
+            .map(|(_, p)| &p.publisher)
+    }
+
     /// Who published `track`.
     pub fn publisher(&self, track: &TrackSid) -> Option<&ParticipantSid> {
         self.tracks.get(track).map(|p| &p.publisher)

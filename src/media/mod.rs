@@ -51,7 +51,8 @@ use crate::codec::opus::{OpusEncoder, MAX_ENCODED_BYTES, RTP_TICKS_PER_FRAME};
 use crate::rtp::stats::JITTER_HISTOGRAM_MAX_US;
 use crate::rtp::NtpTime;
 
-use room::{Decoder, ParticipantId, ParticipantKind, Room};
+pub use room::ParticipantKind;
+use room::{Decoder, ParticipantId, Room};
 use session::{Inbound, RtpSession, SessionConfig, StreamSeed};
 
 /// Default media timeout: no RTP from the caller for this long ends the call.
@@ -147,6 +148,12 @@ pub enum MediaEvent {
     MediaTimeout { call: CallKey },
     /// The last participant left.
     RoomEnded { room: String },
+    /// Who speaks in `room` changed: everyone speaking, with its level in
+    /// 1/1000 of full scale (RMS). Checked every 500 ms.
+    Speakers {
+        room: String,
+        levels: Vec<(room::ParticipantKind, u16)>,
+    },
     /// One 20 ms frame of a published caller's voice, Opus at 8 kHz
     /// (`codec::opus`), for the WebRTC subscribers of the caller's track.
     /// Silence is encoded too: the stream never pauses while published.
@@ -899,6 +906,12 @@ impl MediaEngine {
                                 // get the other tracks forwarded (SFU).
                                 ParticipantKind::Track(_) => {}
                             }
+                        }
+                        if let Some(levels) = room.take_levels() {
+                            self.out.event(MediaEvent::Speakers {
+                                room: room.name().to_owned(),
+                                levels,
+                            });
                         }
                     }
                     self.timers

@@ -43,6 +43,11 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// skipped instead of sent in a burst: a burst would only overflow the far
 /// end's jitter buffer.
 pub const MAX_CATCH_UP_TICKS: u32 = 5;
+/// Ticks per audio-level window (500 ms): who speaks is decided per window.
+pub const LEVEL_WINDOW_TICKS: u32 = 25;
+/// A participant speaks when its window's RMS is above this, in dBov
+/// (livekit-server's default active level is -35 dBov).
+pub const SPEAKING_DBOV: f64 = -35.0;
 /// Concealment gain for the 1st, 2nd, 3rd consecutive missing frame, in 1/256:
 /// repeat the last good frame, fading, then silence. Repeating more than ~60 ms
 /// of the same 20 ms sounds like a buzz, worse than a gap (cf. G.711 Appendix I).
@@ -135,6 +140,8 @@ struct Participant {
     /// What this participant hears this tick.
     mixed: [i16; FRAME_SAMPLES],
     stats: ParticipantStats,
+    /// Sum of squared samples in the current level window.
+    energy: u64,
 }
 
 impl Participant {
@@ -190,6 +197,12 @@ pub struct Room {
     ticks: u64,
     skipped_ticks: u64,
     sum: [i32; FRAME_SAMPLES],
+    /// Ticks into the current level window.
+    level_ticks: u32,
+    /// Who spoke in the last window reported, and a report waiting when
+    /// that changed.
+    speaking: Vec<ParticipantId>,
+    levels: Option<Vec<(ParticipantKind, u16)>>,
 }
 
 impl std::fmt::Debug for Room {
@@ -215,6 +228,9 @@ impl Room {
             ticks: 0,
             skipped_ticks: 0,
             sum: [0; FRAME_SAMPLES],
+            level_ticks: 0,
+            speaking: Vec::new(),
+            levels: None,
         }
     }
 
@@ -260,6 +276,7 @@ impl Room {
             missing_run: 0,
             mixed: [0; FRAME_SAMPLES],
             stats: ParticipantStats::default(),
+            energy: 0,
         });
         id
     }
@@ -350,7 +367,16 @@ impl Room {
                 for (s, &x) in self.sum.iter_mut().zip(&p.frame) {
                     *s += i32::from(x);
                 }
+                p.energy += p
+                    .frame
+                    .iter()
+                    .map(|&x| (i64::from(x) * i64::from(x)) as u64)
+                    .sum::<u64>();
             }
+        }
+        self.level_ticks += 1;
+        if self.level_ticks >= LEVEL_WINDOW_TICKS {
+            self.end_level_window();
         }
         for p in &mut self.participants {
             if p.speaking {
@@ -363,6 +389,35 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Close a level window: who spoke, how loud (linear RMS in 1/1000 of
+    /// full scale; LiveKit's `SpeakerInfo.level` is that over 1000); a report
+    /// is kept when the speakers changed.
+    fn end_level_window(&mut self) {
+        let samples = f64::from(self.level_ticks) * FRAME_SAMPLES as f64;
+        self.level_ticks = 0;
+        let mut speaking = Vec::new();
+        let mut levels = Vec::new();
+        for p in &mut self.participants {
+            let rms = (std::mem::take(&mut p.energy) as f64 / samples).sqrt() / 32768.0;
+            let dbov = 20.0 * rms.max(1e-9).log10();
+            if dbov > SPEAKING_DBOV {
+                speaking.push(p.id);
+                levels.push((p.kind.clone(), (rms.min(1.0) * 1000.0).round() as u16));
+            }
+        }
+        if speaking != self.speaking {
+            self.speaking = speaking;
+            self.levels = Some(levels);
+        }
+    }
+
+    /// Who speaks now and how loud, once each time that set changes (checked
+    /// every [`LEVEL_WINDOW_TICKS`]). Tracks are only measured while callers
+    /// are in the room (they are not decoded otherwise).
+    pub fn take_levels(&mut self) -> Option<Vec<(ParticipantKind, u16)>> {
+        self.levels.take()
     }
 
     /// What `id` said in the last [`mix`](Self::mix) (decoded or
@@ -446,6 +501,49 @@ mod tests {
         assert!(r.participant_stats(track).is_some_and(|s| s.played > 0));
         assert!(r.spoken(track).is_some());
         assert!(r.spoken(caller).is_none(), "the caller said nothing");
+    }
+
+    /// Who speaks is decided per 500 ms window and reported when it
+    /// changes: a caller at -10 dBov speaks (level its RMS), one at
+    /// -50 dBov does not; the same speakers again are not reported again.
+    #[test]
+    fn speakers_are_reported_when_they_change() {
+        let t = t0();
+        let mut r = Room::new("r".into(), t);
+        let law = Law::Pcmu;
+        let loud = r.join(call("loud"), pcmu());
+        let quiet = r.join(call("quiet"), pcmu());
+        let mut enc = |level: f64, k: u32| {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            for (i, s) in pcm.iter_mut().enumerate() {
+                let n = f64::from(k) * 160.0 + i as f64;
+                *s = (level * (2.0 * std::f64::consts::PI * 440.0 * n / 8000.0).sin()) as i16;
+            }
+            let mut out = [0u8; FRAME_SAMPLES];
+            law.encode(&pcm, &mut out);
+            Bytes::copy_from_slice(&out)
+        };
+        let mut run = |r: &mut Room, from: u32, to: u32, loud_level: f64| {
+            let mut reports = Vec::new();
+            for k in from..to {
+                let at = t + TICK * k;
+                let seq = k as u16;
+                r.push(loud, seq, k * 160, at, enc(loud_level, k));
+                r.push(quiet, seq, k * 160, at, enc(100.0, k));
+                r.mix(at + TICK);
+                reports.extend(r.take_levels());
+            }
+            reports
+        };
+        let first = run(&mut r, 0, 50, 10_000.0);
+        assert_eq!(first.len(), 1, "one change: {first:?}");
+        assert_eq!(first[0].len(), 1);
+        assert_eq!(first[0][0].0, call("loud"));
+        // A 10000-peak sine: RMS 7071 of 32768, 216/1000 (the first window
+        // starts with the jitter buffer's fill, so a little less).
+        assert!((150..=230).contains(&first[0][0].1), "{:?}", first[0]);
+        let silent = run(&mut r, 50, 100, 0.0);
+        assert_eq!(silent, vec![Vec::new()], "nobody speaks any more");
     }
 
     #[test]

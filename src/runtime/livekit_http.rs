@@ -369,7 +369,10 @@ async fn twirp_request(
     peer: Option<SocketAddr>,
 ) {
     let answer = |r: TwirpResponse| r.to_bytes();
-    let path = head.target.split_once('?').map_or(&*head.target, |(p, _)| p);
+    let path = head
+        .target
+        .split_once('?')
+        .map_or(&*head.target, |(p, _)| p);
     if let Err(r) = twirp::check_route(&head.method, path) {
         let _ = stream.write_all(&answer(r)).await;
         let _ = stream.close().await;

@@ -62,6 +62,13 @@ pub enum MediaNotice {
     /// One Opus frame of a published caller (48 kHz RTP timestamp), for its
     /// WebRTC subscribers.
     Published(CallKey, bytes::Bytes, u32),
+    /// Who speaks in a room (for LiveKit's `speakers_changed`): callers by
+    /// their SIP Call-ID, tracks by sid, levels in 0..=1.
+    Speakers {
+        room: String,
+        callers: Vec<(CallKey, f32)>,
+        tracks: Vec<(std::sync::Arc<str>, f32)>,
+    },
 }
 
 /// What the LiveKit side asks of the media engine. Queued by the shard and
@@ -432,6 +439,26 @@ impl ShardMedia {
                     }
                     MediaEvent::RoomEnded { room } => {
                         debug!(room = %room, shard = self.shard, "room ended");
+                    }
+                    MediaEvent::Speakers { room, levels } => {
+                        let mut callers = Vec::new();
+                        let mut tracks = Vec::new();
+                        for (kind, permille) in levels {
+                            let level = f32::from(permille) / 1000.0;
+                            match kind {
+                                media::ParticipantKind::Sip(k) => {
+                                    if let Some(sip) = self.by_media_key.get(&k) {
+                                        callers.push((sip.clone(), level));
+                                    }
+                                }
+                                media::ParticipantKind::Track(t) => tracks.push((t, level)),
+                            }
+                        }
+                        notices.push(MediaNotice::Speakers {
+                            room,
+                            callers,
+                            tracks,
+                        });
                     }
                     MediaEvent::Published {
                         call,

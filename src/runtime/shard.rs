@@ -379,6 +379,18 @@ async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
                         shard.drain(&mut ep, now);
                     }
                 }
+                MediaNotice::Speakers {
+                    room,
+                    callers,
+                    tracks,
+                } => {
+                    if let Some(front) = &shard.livekit {
+                        front
+                            .rooms
+                            .borrow_mut()
+                            .media_speakers(&room, &callers, &tracks);
+                    }
+                }
                 MediaNotice::Published(call, payload, ts) => {
                     if let Some(front) = &shard.livekit {
                         front

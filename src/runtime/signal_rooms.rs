@@ -1051,6 +1051,37 @@ impl SignalRooms {
         self.publishing.retain(|c| self.sip.contains_key(c));
     }
 
+    /// Who speaks in `room`, as the media room measured it: the room's
+    /// `speakers_changed` (callers by Call-ID, WebRTC tracks by sid, each
+    /// reported as its participant).
+    pub fn media_speakers(
+        &mut self,
+        room: &str,
+        callers: &[(CallKey, f32)],
+        tracks: &[(Arc<str>, f32)],
+    ) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let mut levels: Vec<(ParticipantSid, f32)> = Vec::new();
+        for (call, level) in callers {
+            if let Some((_, pid, _)) = self.sip.get(&*call.0) {
+                levels.push((pid.clone(), *level));
+            }
+        }
+        for (track, level) in tracks {
+            if let Some(pid) = r.publisher_of(track) {
+                match levels.iter_mut().find(|(p, _)| p == pid) {
+                    Some(l) => l.1 = l.1.max(*level),
+                    None => levels.push((pid.clone(), *level)),
+                }
+            }
+        }
+        r.report_levels(&levels);
+        let name = room.to_owned();
+        self.pump(&name);
+    }
+
     /// One Opus frame of a published caller: to its track's subscribers.
     pub fn caller_audio(
         &mut self,

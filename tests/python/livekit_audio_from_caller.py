@@ -104,7 +104,7 @@ def room_snapshot(room: rtc.Room) -> list:
 
 async def main(url: str, token: str, tone_hz: float, off_hz: float) -> None:
     room = rtc.Room()
-    out = {"error": "", "from": "", "frames": 0, "samples": 0}
+    out = {"error": "", "from": "", "frames": 0, "samples": 0, "speakers": []}
     got_track: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def is_callers(track, participant) -> bool:
@@ -119,6 +119,13 @@ async def main(url: str, token: str, tone_hz: float, off_hz: float) -> None:
     def _on_track(track, _publication, participant) -> None:
         if is_callers(track, participant) and not got_track.done():
             got_track.set_result((track, participant.identity))
+
+    # Every identity the room reported as an active speaker (speakers_changed).
+    @room.on("active_speakers_changed")
+    def _on_speakers(speakers) -> None:
+        for p in speakers:
+            if p.identity not in out["speakers"]:
+                out["speakers"].append(p.identity)
 
     ready = False
     try:
