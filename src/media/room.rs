@@ -513,7 +513,7 @@ mod tests {
         let law = Law::Pcmu;
         let loud = r.join(call("loud"), pcmu());
         let quiet = r.join(call("quiet"), pcmu());
-        let mut enc = |level: f64, k: u32| {
+        let enc = |level: f64, k: u32| {
             let mut pcm = [0i16; FRAME_SAMPLES];
             for (i, s) in pcm.iter_mut().enumerate() {
                 let n = f64::from(k) * 160.0 + i as f64;
@@ -523,7 +523,7 @@ mod tests {
             law.encode(&pcm, &mut out);
             Bytes::copy_from_slice(&out)
         };
-        let mut run = |r: &mut Room, from: u32, to: u32, loud_level: f64| {
+        let run = |r: &mut Room, from: u32, to: u32, loud_level: f64| {
             let mut reports = Vec::new();
             for k in from..to {
                 let at = t + TICK * k;
