@@ -1408,3 +1408,64 @@ fn the_sip_participant_rings_then_is_active_with_the_rules_attributes() {
     call.wait().assert_all_succeeded(&server, 1);
     server.stop();
 }
+
+/// The room as an SFU between two real SDK participants (no phone call):
+/// each publishes a tone and hears the other's, not its own (forwarded as
+/// it came, no transcoding); when one unpublishes (removes its sender and
+/// renegotiates), the other gets `track_unpublished` for that track.
+#[test]
+fn python_sdk_participants_hear_each_other_through_the_sfu() {
+    let test = "python_sdk_participants_hear_each_other_through_the_sfu";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start("lk_sfu_pair");
+    let spawn = |me: &str, peer: &str, my_hz: &str, peer_hz: &str, mode: &str| {
+        Command::new(python())
+            .arg(repo_path("tests/python/livekit_sfu_pair.py"))
+            .args([
+                lk.url(),
+                token_for("sfu", me),
+                peer.into(),
+                my_hz.into(),
+                peer_hz.into(),
+                mode.into(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the SDK script")
+    };
+    let a = spawn("alice", "bob", "600", "900", "unpublish");
+    let b = spawn("bob", "alice", "900", "600", "wait");
+    let report = |child: std::process::Child, who: &str| -> serde_json::Value {
+        let out = child.wait_with_output().expect("SDK script exit");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).unwrap_or_else(|e| {
+            lk.server.fail(&format!(
+                "{who}: {e}: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })
+    };
+    let (ra, rb) = (report(a, "alice"), report(b, "bob"));
+    for (who, r, peer) in [("alice", &ra, "bob"), ("bob", &rb, "alice")] {
+        if r["error"] != "" {
+            lk.server.fail(&format!("{who}: {r}"));
+        }
+        assert_eq!(r["from"], peer, "{r}");
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        assert!(f("samples") >= 2.0 * 48000.0, "{who}: 2 s of audio: {r}");
+        // The peer's tone, 10 dB over its own (an SFU never echoes).
+        assert!(f("tone_db") - f("off_db") >= 10.0, "{who}: {r}");
+        assert!(f("tone_db") >= f("total_db") - 3.0, "{who}: {r}");
+        assert!(4.0 * f("tone_blocks") >= 3.0 * f("blocks"), "{who}: {r}");
+    }
+    assert_eq!(
+        rb["unpublished"],
+        serde_json::json!([ra["track_sid"]]),
+        "bob saw alice's track unpublished: {rb}"
+    );
+    lk.server.stop();
+}

@@ -527,6 +527,11 @@ impl RoomSignal {
             .map(|(sid, _)| sid)
     }
 
+    /// The published track whose sid is `track`.
+    pub fn track_sid(&self, track: &str) -> Option<TrackSid> {
+        self.tracks.keys().find(|sid| sid.0 == track).cloned()
+    }
+
     /// Who published the track with sid `track`.
     pub fn publisher_of(&self, track: &str) -> Option<&ParticipantSid> {
         self.tracks

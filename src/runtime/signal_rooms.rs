@@ -420,25 +420,30 @@ impl WebRtc {
         )
     }
 
-    /// Learn which of `pid`'s offered m-lines carry which of its tracks;
-    /// returns the tracks not seen before.
+    /// Learn which of `pid`'s offered m-lines carry which of its tracks
+    /// (the whole set: an offer says everything it sends). Returns the
+    /// tracks new in this offer and those no longer sent (unpublished: the
+    /// client removed the sender and renegotiated).
     fn learn_published(
         &mut self,
         pid: &ParticipantSid,
         tracks: Vec<(Mid, Arc<str>)>,
-    ) -> Vec<Arc<str>> {
+    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
         let Some(key) = self.by_pid.get(pid).copied() else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
-        let up = self.up.entry(key).or_default();
-        let mut new = Vec::new();
-        for (mid, track) in tracks {
-            if !up.values().any(|t| *t == track) {
-                new.push(Arc::clone(&track));
-            }
-            up.insert(mid, track);
-        }
-        new
+        let old = self.up.remove(&key).unwrap_or_default();
+        let new: Vec<Arc<str>> = tracks
+            .iter()
+            .filter(|(_, t)| !old.values().any(|o| o == t))
+            .map(|(_, t)| Arc::clone(t))
+            .collect();
+        let gone: Vec<Arc<str>> = old
+            .into_values()
+            .filter(|o| !tracks.iter().any(|(_, t)| t == o))
+            .collect();
+        self.up.insert(key, tracks.into_iter().collect());
+        (new, gone)
     }
 
     /// Ask `pid`'s client for more receive sections, within the bound.
@@ -909,13 +914,23 @@ impl SignalRooms {
                                     .map(|t| (mid, t.as_str().into()))
                             })
                             .collect();
-                        for track in w.learn_published(&pid, published) {
+                        let (new, gone) = w.learn_published(&pid, published);
+                        for track in new {
                             info!(room = name, participant = %pid, track = %track, "audio track published (forwarded to subscribers, mixed for callers)");
                             if let Some(m) = &self.to_media {
                                 m(MediaCommand::AddTrack {
                                     room: name.to_owned(),
                                     track,
                                 });
+                            }
+                        }
+                        for track in gone {
+                            info!(room = name, participant = %pid, track = %track, "audio track no longer sent: unpublished");
+                            if let Some(sid) = room.track_sid(&track) {
+                                room.unpublish_track(&pid, &sid);
+                            }
+                            if let Some(m) = &self.to_media {
+                                m(MediaCommand::RemoveTrack { track });
                             }
                         }
                         // What it subscribes to gets the answer's free slots
