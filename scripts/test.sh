@@ -3,7 +3,7 @@
 # torture corpus, and the real-peer tests (sipp calls against the real binary,
 # tests/sip_calls.rs, the real LiveKit SDKs in tests/livekit_http.rs, and livekit-client
 # in headless Chromium in tests/livekit_browser.rs). Installs what the tests need first
-# (scripts/install-deps.sh; with --browser under CI or SB_BROWSER=1).
+# (scripts/install-deps.sh --browser, unless SB_BROWSER=0).
 #
 # Usage: scripts/test.sh [--lint] [--no-deps] [-- ARGS for the test binaries]
 #   --lint      also `cargo fmt --check` and `cargo clippy --all-targets -D warnings`
@@ -12,10 +12,11 @@
 #   SB_TEST_TIMEOUT=1800 seconds the test step may take before it is killed
 #   SB_TEST_LOG=debug    switchboard's RUST_LOG inside the sipp tests
 #   SB_PYTHON=path       the Python with the livekit SDK (default: install-deps's venv)
-#   SB_BROWSER=1         install the browser test's tools too (Chromium, npm
-#                        livekit-client) outside CI; SB_BROWSER=0 not even under CI
+#   SB_BROWSER=0         do not install the browser test's tools (Chromium, npm
+#                        livekit-client): those tests then skip (loudly), or fail
+#                        under CI
 #   CI=true     a missing sipp (or Python livekit SDK, or Chromium / livekit-client)
-#               fails its tests instead of skipping them; implies SB_BROWSER=1
+#               fails its tests instead of skipping them
 #
 # Prints a summary at the end ("tests: N passed, N failed, N skipped") and exits
 # non-zero when any step failed.
@@ -65,10 +66,8 @@ step() {
     return $rc
 }
 
-ci=0
-[[ -n "${CI:-}" && "${CI:-}" != "0" && "${CI:-}" != "false" ]] && ci=1
 deps_args=()
-if [[ "${SB_BROWSER:-$ci}" == "1" ]]; then
+if [[ "${SB_BROWSER:-1}" == "1" ]]; then
     deps_args+=(--browser)
 fi
 if [[ $deps -eq 1 ]]; then

@@ -527,6 +527,13 @@ impl RoomSignal {
             .map(|(sid, _)| sid)
     }
 
+    /// Whether a phone caller is in the room (someone to mix tracks for).
+    pub fn has_sip_participant(&self) -> bool {
+        self.participants
+            .values()
+            .any(|p| matches!(p.link, Link::Sip(_)))
+    }
+
     /// The published track whose sid is `track`.
     pub fn track_sid(&self, track: &str) -> Option<TrackSid> {
         self.tracks.keys().find(|sid| sid.0 == track).cloned()

@@ -608,11 +608,11 @@ impl WebRtc {
     /// Send one Opus packet of `track` to each of its subscribers (the same
     /// payload, shared).
     fn send_track(&mut self, track: &str, payload: &Arc<[u8]>, rtp_timestamp: u32, now: Instant) {
-        let Some(dests) = self.forward.get(track) else {
+        // Taken out while the peers run (no copy per packet), put back after.
+        let Some((name, dests)) = self.forward.remove_entry(track) else {
             return;
         };
-        let dests = dests.clone();
-        for (key, mid) in dests {
+        for &(key, mid) in &dests {
             if let Some(p) = self.peers.get_mut(key) {
                 if !p.is_connected() {
                     continue;
@@ -622,6 +622,12 @@ impl WebRtc {
                 }
             }
             self.drain(key);
+        }
+        // A peer that failed meanwhile was dropped: not a route any more.
+        let mut dests = dests;
+        dests.retain(|(k, _)| self.owners.contains_key(k));
+        if !dests.is_empty() {
+            self.forward.entry(name).or_default().extend(dests);
         }
     }
 
@@ -1131,7 +1137,10 @@ impl SignalRooms {
         let w: &mut WebRtc = w;
         for (room, track, p) in std::mem::take(&mut w.audio_in) {
             w.send_track(&track, &p.payload, p.rtp_timestamp, now);
-            let callers = self.sip.values().any(|(r, _, _)| *r == room);
+            let callers = self
+                .rooms
+                .get(&room)
+                .is_some_and(RoomSignal::has_sip_participant);
             if let (true, Some(m)) = (callers, &self.to_media) {
                 m(MediaCommand::TrackPacket {
                     track,
