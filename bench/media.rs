@@ -138,6 +138,27 @@ fn bench_mix_tick(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same 2-party room with both callers published to WebRTC subscribers
+/// (each caller's voice Opus-encoded once per tick, `MediaEvent::Published`):
+/// next to `mix_tick/2_party`, what a call costs more when an agent or a
+/// browser listens to it.
+fn bench_mix_tick_published(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mix_tick_published");
+    let n = 2usize;
+    let (mut eng, mut callers, mut now) = room(n);
+    for c in &callers {
+        assert!(eng.set_published(&c.call, true), "libopus makes an encoder");
+    }
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::from_parameter(format!("{n}_party")), |b| {
+        b.iter(|| {
+            now += TICK;
+            black_box(tick(&mut eng, &mut callers, now))
+        })
+    });
+    g.finish();
+}
+
 /// The fixed cost of one wake of the media task when nothing is due: the
 /// engine's `handle_timeout` (which visits every room and every call to find
 /// what is due) and `next_deadline` (which visits them again for the minimum).
@@ -185,5 +206,10 @@ fn bench_idle_wake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_mix_tick, bench_idle_wake);
+criterion_group!(
+    benches,
+    bench_mix_tick,
+    bench_mix_tick_published,
+    bench_idle_wake
+);
 criterion_main!(benches);

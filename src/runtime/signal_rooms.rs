@@ -837,7 +837,16 @@ impl SignalRooms {
         let Some((room, pid, _)) = self.sip.remove(call_id) else {
             return;
         };
-        self.publishing.remove(call_id);
+        // A call that stays up (moved to another room) stops encoding for
+        // the subscribers it had here.
+        if self.publishing.remove(call_id) {
+            if let Some(m) = &self.to_media {
+                m(MediaCommand::Publish {
+                    call: CallKey(call_id.into()),
+                    on: false,
+                });
+            }
+        }
         if let Some(r) = self.rooms.get_mut(&room) {
             // As livekit-sip: the status says hangup, then the participant goes.
             r.set_call_status(&pid, CallStatus::Hangup);
