@@ -943,10 +943,10 @@ pub fn offered_send_tracks(offer: &str) -> Vec<(Mid, String)> {
 }
 
 /// Rewrite our answer so the client can tell which track each of our
-/// sending audio m-lines carries: `assigned` mids get `a=msid:<stream>
-/// <track>` (LiveKit's SDKs read the stream id as `<participant>|<track>`)
-/// in place of str0m's random one, in the `a=msid` line and the `a=ssrc
-/// ... msid:` lines; `idle` mids are answered `a=inactive` so they fire no
+/// sending audio m-lines carries: `assigned` mids get
+/// `a=msid:<stream> <track>` (LiveKit's SDKs read the stream id as
+/// `<participant>|<track>`) in place of str0m's random one, in the `a=msid`
+/// line and the `a=ssrc ... msid:` lines; `idle` mids are answered `a=inactive` so they fire no
 /// track event until a later answer gives them a track (RFC 8829 s5.3.1).
 pub fn announce_tracks(
     answer: &str,

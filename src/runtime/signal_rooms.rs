@@ -4,25 +4,31 @@
 //! Where it sits: `runtime::livekit_http` hands each admitted WebSocket (on the
 //! room's owner shard) to [`SignalRooms::connect`], which joins it to the
 //! room's sans-IO [`RoomSignal`] and returns the connection's [`SignalPeer`].
-//! The SIP side joins each answered call's caller as a participant of kind SIP
+//! The SIP side joins each call's caller as a participant of kind SIP while
+//! it rings ([`SignalRooms::sip_call_ringing`]), marks it active at the answer
 //! ([`SignalRooms::sip_call_started`]) and removes it at hangup. Whatever a
 //! room says (`RoomSignal::poll_output`) is routed here: frames and closes into
 //! the per-connection queue of the participant they are for (waking its
-//! WebSocket task), media requests to the media side, and an empty room is
-//! dropped.
+//! WebSocket task), media requests to the WebRTC peers and the media engine,
+//! and an empty room is dropped. RoomService calls (Twirp) are carried out by
+//! [`SignalRooms::room_service`].
 //!
 //! Owns: the shard's `RoomSignal`s by name, one outbound queue per connected
-//! participant, and which SIP call is which participant. Signal timers (ping
-//! timeout, reconnect grace) are fired by [`SignalRooms::handle_timeout`],
-//! which a shard task calls at [`SignalRooms::poll_timeout`].
+//! participant, and which SIP call is which participant (and its track).
+//! Signal timers (ping timeout, reconnect grace) are fired by
+//! [`SignalRooms::handle_timeout`], which a shard task calls at
+//! [`SignalRooms::poll_timeout`].
 //!
-//! WebRTC ([`WebRtc`]): one UDP port per shard; a participant's offer creates
-//! its str0m peer (`livekit::peer`) and is answered through the room, trickled
-//! candidates are added, and [`webrtc_loop`] carries datagrams and timers. So
-//! an SDK connects for real, data-channel messages are relayed as the room
-//! routes them, and a caller's DTMF goes to the room as SIP DTMF packets. Not yet: media through the room (the peers' Opus packets are
-//! dropped, subscriptions are not forwarded), SIP DTMF from participants, and a
-//! participant removed from the room does not yet hang up its SIP call.
+//! WebRTC ([`WebRtc`]): one UDP port per shard, one str0m peer per
+//! participant (v0: two, publisher and subscriber), [`webrtc_loop`] carrying
+//! datagrams and timers. Audio: a subscriber's slots (v1: its `recvonly`
+//! m-lines, announced by msid and `mid_to_track_id`; v0: m-lines we offer on
+//! its subscriber PeerConnection) carry the tracks it subscribes to; a
+//! participant's Opus is forwarded to its track's subscribers as it came
+//! (SFU) and, when the room has callers, handed to the media engine
+//! (`MediaCommand`) to be mixed for them; a caller's Opus frames
+//! (`caller_audio`) go to its track's subscribers. Data-channel messages and
+//! DTMF are relayed as the room routes them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
