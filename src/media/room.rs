@@ -370,7 +370,7 @@ impl Room {
                 for (s, &x) in self.sum.iter_mut().zip(&p.frame) {
                     *s += i32::from(x);
                 }
-                if self.level_ticks % LEVEL_SAMPLE_EVERY == 0 {
+                if self.level_ticks.is_multiple_of(LEVEL_SAMPLE_EVERY) {
                     p.energy += frame_energy(&p.frame);
                 }
             }
