@@ -1469,3 +1469,75 @@ fn python_sdk_participants_hear_each_other_through_the_sfu() {
     );
     lk.server.stop();
 }
+
+/// An SDK participant that stays while phone callers come and go hears each
+/// in turn. The SDK made 3 receive slots up front; the 4th caller's track goes
+/// on a slot an earlier caller freed (announced idle once in between, so the
+/// SDK fires a new track event for it), and the server never asks for more
+/// slots: they do not grow with every caller a long-lived participant sees.
+#[test]
+fn python_sdk_hears_callers_one_after_another() {
+    use std::io::BufRead as _;
+    let test = "python_sdk_hears_callers_one_after_another";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_callers_in_turn", TRUNK_AND_RULE);
+    let callers = [
+        ("+15550041", 1000.0),
+        ("+15550042", 600.0),
+        ("+15550043", 1000.0),
+        ("+15550044", 600.0),
+    ];
+    let mut sdk = Command::new(python())
+        .arg(repo_path("tests/python/livekit_callers_in_turn.py"))
+        .args([lk.url(), token("call-+15550100", b"secret", now_unix() - 5)])
+        .args(callers.iter().map(|(_, hz)| hz.to_string()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the SDK script");
+    let mut lines = std::io::BufReader::new(sdk.stdout.take().expect("piped")).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(ready, "ready", "the SDK script's first line");
+    for (i, (number, hz)) in callers.into_iter().enumerate() {
+        let tag = format!("turn{i}");
+        let mut caller = ua::Ua::new(lk.ports.server_addr(), number, "+15550100", &tag);
+        assert_eq!(caller.call(), 200);
+        let run = ua::MediaRun::start(
+            &caller.rtp,
+            caller.remote_rtp.expect("answer's RTP"),
+            ua::StreamPlan::tone(hz, 150),
+        );
+        run.stop();
+        assert_eq!(caller.bye(), 200);
+    }
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    let status = sdk.wait().expect("SDK script exit");
+    assert!(status.success(), "SDK script: {status}: {result}");
+    let got: serde_json::Value =
+        serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    if got["error"] != "" {
+        lk.server
+            .fail(&format!("the SDK did not hear every caller: {got}"));
+    }
+    let heard = got["calls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(heard.len(), callers.len(), "{got}");
+    for (c, (number, hz)) in heard.iter().zip(callers) {
+        assert_eq!(c["from"], format!("sip_{number}"), "{got}");
+        let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            f("tone_db") - f("off_db") >= 10.0,
+            "{number} at {hz} Hz: {got}"
+        );
+        assert!(
+            f("tone_db") >= f("total_db") - 3.0,
+            "{number} at {hz} Hz: {got}"
+        );
+    }
+    let grown = lk
+        .server
+        .log_lines_with(&["asking the client for more receive slots"]);
+    assert!(grown.is_empty(), "slots reused, not added: {grown:?}");
+    lk.server.stop();
+}

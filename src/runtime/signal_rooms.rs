@@ -134,6 +134,11 @@ pub struct WebRtc {
     /// `media_sections_requirement`s asked of each peer, bounded so a client
     /// that never adds the sections cannot make us loop.
     asked: HashMap<PeerKey, u32>,
+    /// Per peer, slots freed since its last answer: they must be announced
+    /// `inactive` once before they carry another track, or the client would
+    /// fire no track event for the new one (the transceiver's direction
+    /// would not change; W3C webrtc-pc s4.4.1.6).
+    stale: HashMap<PeerKey, Vec<Mid>>,
     /// v0 (`/rtc`): each participant's subscriber PeerConnection, on which
     /// we offer the tracks it subscribes to.
     sub_by_pid: HashMap<ParticipantSid, PeerKey>,
@@ -166,6 +171,7 @@ impl WebRtc {
             forward: HashMap::new(),
             audio_in: Vec::new(),
             asked: HashMap::new(),
+            stale: HashMap::new(),
             sub_by_pid: HashMap::new(),
             sub_wanted: HashMap::new(),
             sub_offered: HashMap::new(),
@@ -342,6 +348,7 @@ impl WebRtc {
         self.owners.remove(&key);
         self.down.remove(&key);
         self.asked.remove(&key);
+        self.stale.remove(&key);
         for dests in self.forward.values_mut() {
             dests.retain(|(k, _)| *k != key);
         }
@@ -367,6 +374,8 @@ impl WebRtc {
         };
         let slots = peer.subscriber_slots();
         let old = self.down.remove(&key).unwrap_or_default();
+        // Freed since the last answer: idle in this one, reusable after.
+        let stale = self.stale.remove(&key).unwrap_or_default();
         // Keep what a slot carried if it is still wanted; new slots start free.
         let mut down: Vec<Slot> = slots
             .iter()
@@ -384,7 +393,10 @@ impl WebRtc {
             if down.iter().any(|(_, t)| t.as_ref() == Some(track)) {
                 continue;
             }
-            match down.iter_mut().find(|(_, t)| t.is_none()) {
+            match down
+                .iter_mut()
+                .find(|(m, t)| t.is_none() && !stale.contains(m))
+            {
                 Some(slot) => slot.1 = Some(Arc::clone(track)),
                 None => missing += 1,
             }
@@ -491,9 +503,21 @@ impl WebRtc {
             for slot in down.iter_mut() {
                 if slot.1.as_deref() == Some(track) {
                     slot.1 = None;
+                    self.stale.entry(key).or_default().push(slot.0);
                 }
             }
         }
+    }
+
+    /// v1: whether `pid`'s PeerConnection has a slot that can take a track
+    /// after one more offer/answer (idle now, or freed and to be announced
+    /// idle by that answer).
+    fn has_free_slot(&self, pid: &ParticipantSid) -> bool {
+        self.by_pid.get(pid).is_some_and(|k| {
+            self.down
+                .get(k)
+                .is_some_and(|d| d.iter().any(|(_, t)| t.is_none()))
+        })
     }
 
     /// v0: `pid` subscribes to `track`: it is offered on its subscriber
@@ -969,8 +993,15 @@ impl SignalRooms {
                         if let Err(e) = room.send_answer(&pid, answer, id, mid_to_track) {
                             debug!(room = name, participant = %pid, error = %e, "answer not sent");
                         }
-                        if missing > 0 && w.may_ask(&pid) {
-                            let _ = room.require_media_sections(&pid, missing);
+                        if missing > 0 {
+                            // Slots this answer idled can take tracks after
+                            // one more exchange; else the client adds some.
+                            if w.has_free_slot(&pid) {
+                                let _ = room.require_media_sections(&pid, 0);
+                            } else if w.may_ask(&pid) {
+                                info!(room = name, participant = %pid, n = missing, "asking the client for more receive slots");
+                                let _ = room.require_media_sections(&pid, missing);
+                            }
                         }
                     }
                     SignalOutput::Media(MediaRequest::Subscribe {
@@ -985,9 +1016,15 @@ impl SignalRooms {
                             // A peer that has answered needs a new slot: the
                             // client adds one and re-offers. Before its
                             // first offer, that answer assigns it.
+                            // A free slot is reused (a re-offer adds none);
+                            // else the client adds one, within a bound.
+                            Some(Generation::V1) if w.has_free_slot(&subscriber) => {
+                                let _ = room.require_media_sections(&subscriber, 0);
+                            }
                             Some(Generation::V1)
                                 if w.has_peer(&subscriber) && w.may_ask(&subscriber) =>
                             {
+                                info!(room = name, participant = %subscriber, n = 1, "asking the client for more receive slots");
                                 let _ = room.require_media_sections(&subscriber, 1);
                             }
                             // v0: we offer it on the subscriber PC.
