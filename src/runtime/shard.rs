@@ -848,7 +848,10 @@ fn open_webrtc_port(id: usize, config: &Config, front: &Rc<super::livekit_http::
         }
     };
     let host = match socket.local_addr() {
-        Ok(a) => a,
+        // Behind 1:1 NAT the candidate names `[sip] external_ip` (as SDP does
+        // for RTP); str0m is handed that address as each datagram's
+        // destination, so it matches the candidate it announced.
+        Ok(a) => SocketAddr::new(config.sip.external_ip.unwrap_or(a.ip()), a.port()),
         Err(e) => {
             warn!(shard = id, error = %e, "WebRTC port has no address; WebRTC off");
             return;
