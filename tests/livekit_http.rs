@@ -1477,7 +1477,6 @@ fn python_sdk_participants_hear_each_other_through_the_sfu() {
 /// slots: they do not grow with every caller a long-lived participant sees.
 #[test]
 fn python_sdk_hears_callers_one_after_another() {
-    use std::io::BufRead as _;
     let test = "python_sdk_hears_callers_one_after_another";
     if !python_sdk_or_skip(test) {
         return;
@@ -1489,17 +1488,10 @@ fn python_sdk_hears_callers_one_after_another() {
         ("+15550043", 1000.0),
         ("+15550044", 600.0),
     ];
-    let mut sdk = Command::new(python())
-        .arg(repo_path("tests/python/livekit_callers_in_turn.py"))
-        .args([lk.url(), token("call-+15550100", b"secret", now_unix() - 5)])
-        .args(callers.iter().map(|(_, hz)| hz.to_string()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the SDK script");
-    let mut lines = std::io::BufReader::new(sdk.stdout.take().expect("piped")).lines();
-    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(ready, "ready", "the SDK script's first line");
+    let script = "livekit_callers_in_turn.py";
+    let mut args = vec![lk.url(), token("call-+15550100", b"secret", now_unix() - 5)];
+    args.extend(callers.iter().map(|(_, hz)| hz.to_string()));
+    let (sdk, lines) = sdk_script_ready(&lk, script, &args);
     for (i, (number, hz)) in callers.into_iter().enumerate() {
         let tag = format!("turn{i}");
         let mut caller = ua::Ua::new(lk.ports.server_addr(), number, "+15550100", &tag);
@@ -1512,11 +1504,7 @@ fn python_sdk_hears_callers_one_after_another() {
         run.stop();
         assert_eq!(caller.bye(), 200);
     }
-    let result = lines.next().and_then(Result::ok).unwrap_or_default();
-    let status = sdk.wait().expect("SDK script exit");
-    assert!(status.success(), "SDK script: {status}: {result}");
-    let got: serde_json::Value =
-        serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    let got = sdk_script_report(script, sdk, lines);
     if got["error"] != "" {
         lk.server
             .fail(&format!("the SDK did not hear every caller: {got}"));

@@ -324,25 +324,11 @@ impl HttpAnswer {
              Content-Length: {}\r\nAccess-Control-Allow-Origin: *\r\n\
              Connection: close\r\n\r\n",
             self.status,
-            reason_phrase(self.status),
+            super::http::reason(self.status),
             self.body.len()
         );
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(self.body.as_bytes());
-    }
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    // RFC 9110 s15.
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
     }
 }
 

@@ -320,8 +320,9 @@ impl Response {
     }
 }
 
-/// RFC 9110 s15 (and RFC 6585 s5 for 431).
-fn reason(status: u16) -> &'static str {
+/// The reason phrase of `status`: RFC 9110 s15 (and RFC 6585 s5 for 431).
+/// One table for every answer of the LiveKit port.
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
@@ -330,9 +331,12 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "",
     }

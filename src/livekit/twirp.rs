@@ -90,14 +90,11 @@ pub struct TwirpResponse {
 impl TwirpResponse {
     /// A Twirp error (its JSON body, the status its code maps to).
     pub fn error(code: &'static str, msg: &str) -> TwirpResponse {
+        // Twirp's error codes and their HTTP statuses (twirp spec v7).
         let status = match code {
-            "malformed" | "invalid_argument" | "bad_route" => {
-                if code == "bad_route" {
-                    404
-                } else {
-                    400
-                }
-            }
+            "malformed" | "invalid_argument" => 400,
+            "bad_route" => 404,
+            "unavailable" => 503,
             "unauthenticated" => 401,
             "permission_denied" => 403,
             "not_found" => 404,
@@ -120,28 +117,13 @@ impl TwirpResponse {
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
              Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n",
             self.status,
-            reason(self.status),
+            super::http::reason(self.status),
             self.content_type,
             self.body.len()
         );
         let mut out = head.into_bytes();
         out.extend_from_slice(&self.body);
         out
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        501 => "Not Implemented",
-        _ => "Internal Server Error",
     }
 }
 

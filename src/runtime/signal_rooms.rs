@@ -277,20 +277,8 @@ impl WebRtc {
         let key = match self.by_pid.get(pid) {
             Some(k) => *k,
             None => {
-                let config = PeerConfig {
-                    host: self.host,
-                    rtp_mode: false,
-                };
-                let peer = match WebRtcPeer::new(&config, &self.dtls, now) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warn!(participant = %pid, error = %e, "WebRTC peer not created");
-                        return None;
-                    }
-                };
-                let k = self.peers.insert(peer);
+                let k = self.new_peer(pid, room, now)?;
                 self.by_pid.insert(pid.clone(), k);
-                self.owners.insert(k, (pid.clone(), room.to_string()));
                 k
             }
         };
@@ -303,6 +291,25 @@ impl WebRtc {
         };
         self.drain(key);
         Some(answer)
+    }
+
+    /// A new str0m peer of `pid` in `room` on this port.
+    fn new_peer(&mut self, pid: &ParticipantSid, room: &str, now: Instant) -> Option<PeerKey> {
+        let config = PeerConfig {
+            host: self.host,
+            rtp_mode: false,
+        };
+        match WebRtcPeer::new(&config, &self.dtls, now) {
+            Ok(peer) => {
+                let k = self.peers.insert(peer);
+                self.owners.insert(k, (pid.clone(), room.to_string()));
+                Some(k)
+            }
+            Err(e) => {
+                warn!(participant = %pid, error = %e, "WebRTC peer not created");
+                None
+            }
+        }
     }
 
     fn remote_candidate(&mut self, pid: &ParticipantSid, init: &str, subscriber: bool) {
@@ -559,20 +566,8 @@ impl WebRtc {
         let key = match self.sub_by_pid.get(pid) {
             Some(k) => *k,
             None => {
-                let config = PeerConfig {
-                    host: self.host,
-                    rtp_mode: false,
-                };
-                let peer = match WebRtcPeer::new(&config, &self.dtls, now) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warn!(participant = %pid, error = %e, "subscriber PeerConnection not created");
-                        return None;
-                    }
-                };
-                let k = self.peers.insert(peer);
+                let k = self.new_peer(pid, room, now)?;
                 self.sub_by_pid.insert(pid.clone(), k);
-                self.owners.insert(k, (pid.clone(), room.to_string()));
                 k
             }
         };
