@@ -21,42 +21,10 @@ mod ua;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::livekit::{token_for, wait_for_log, CONFIG, TRUNK_AND_RULE};
 use common::{alloc_ports, Ports, Scratch, Server};
-use switchboard::livekit::token::{encode, Claims, VideoGrant};
-
-const CONFIG: &str = r#"
-[sip]
-bind = "127.0.0.1"
-port = @SIP_PORT@
-
-[rtp]
-port_min = @RTP_MIN@
-port_max = @RTP_MAX@
-
-[metrics]
-port = 0
-
-[server]
-shards = 2
-
-[livekit]
-port = @LK_PORT@
-rtc_port = 0
-
-[[livekit.keys]]
-key = "devkey"
-secret = "secret"
-
-[[trunks]]
-id = "ST_open"
-
-[[dispatch_rules]]
-id = "SDR_callee"
-type = "callee"
-room_prefix = "call-"
-"#;
 
 /// The tone the caller sends, and the one the browser publishes.
 const CALLER_HZ: f64 = 1000.0;
@@ -65,32 +33,6 @@ const BROWSER_HZ: f64 = 600.0;
 /// How long the page measures the caller's audio, and stays after that.
 const LISTEN_MS: u64 = 5000;
 const HOLD_MS: u64 = 1500;
-
-/// A room-join token for `identity` in `room` (devkey/secret), valid an hour.
-fn token_for(room: &str, identity: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let mut c = Claims::new("devkey", identity, now - 5, 3600);
-    c.video = Some(VideoGrant {
-        room_join: true,
-        room: room.into(),
-        ..VideoGrant::default()
-    });
-    encode(&c, b"secret")
-}
-
-/// Wait (at most 10 s) until the server has logged a line containing `needle`.
-fn wait_for_log(server: &Server, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.log_lines_with(&[needle]).is_empty() {
-        if Instant::now() > deadline {
-            server.fail(&format!("never logged: {needle:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Per half second of what the caller received (8 kHz PCMU, arrival order):
 /// (total power, share of `hz` in it).
@@ -138,7 +80,10 @@ fn browser_call(test: &str, v0: bool) {
     let lk_port = alloc_ports(1, true);
     let server = Server::start(
         &scratch,
-        &CONFIG.replace("@LK_PORT@", &lk_port.to_string()),
+        &format!(
+            "{}{TRUNK_AND_RULE}",
+            CONFIG.replace("@LK_PORT@", &lk_port.to_string())
+        ),
         &ports,
     );
     let url = format!("ws://{}", SocketAddr::from(([127, 0, 0, 1], lk_port)));

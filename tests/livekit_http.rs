@@ -18,35 +18,11 @@ mod ua;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::livekit::{mint, now_unix, token_for, wait_for_log, CONFIG, TRUNK_AND_RULE};
 use common::{alloc_ports, repo_path, Ports, Scratch, Server};
-use switchboard::livekit::token::{encode, Claims, VideoGrant};
 use switchboard::sip::endpoint::room_shard;
-
-const CONFIG: &str = r#"
-[sip]
-bind = "127.0.0.1"
-port = @SIP_PORT@
-
-[rtp]
-port_min = @RTP_MIN@
-port_max = @RTP_MAX@
-
-[metrics]
-port = 0
-
-[server]
-shards = 2
-
-[livekit]
-port = @LK_PORT@
-rtc_port = 0
-
-[[livekit.keys]]
-key = "devkey"
-secret = "secret"
-"#;
 
 /// RFC 6455 s1.3's example key and the accept value it must produce.
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -88,16 +64,17 @@ fn start_with(name: &str, extra: &str) -> LiveKit {
     }
 }
 
-/// Wait (at most 10 s) until the server has logged a line containing `needle`.
-fn wait_for_log(server: &Server, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.log_lines_with(&[needle]).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never logged: {needle:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A phone call from `from` into `call-+15550100` (the callee rule), answered,
+/// its UA streaming `plan` (a tone, silence, DTMF) from now on.
+fn phone_call(lk: &LiveKit, from: &str, tag: &str, plan: ua::StreamPlan) -> (ua::Ua, ua::MediaRun) {
+    let mut caller = ua::Ua::new(lk.ports.server_addr(), from, "+15550100", tag);
+    assert_eq!(
+        caller.call(),
+        200,
+        "the call from {from} into call-+15550100"
+    );
+    let run = ua::MediaRun::start(&caller.rtp, caller.remote_rtp.expect("answer's RTP"), plan);
+    (caller, run)
 }
 
 /// Run an SDK script in `tests/python/` to the end; its last stdout line is
@@ -119,27 +96,9 @@ fn sdk_script(script: &str, args: &[String]) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A token of `devkey` for `room`, signed with `secret`, issued at `iat` for 1 h.
 fn token(room: &str, secret: &[u8], iat: i64) -> String {
     mint(room, "alice", secret, iat)
-}
-
-/// A room-join token for `identity`, valid an hour from `iat`.
-fn mint(room: &str, identity: &str, secret: &[u8], iat: i64) -> String {
-    let mut c = Claims::new("devkey", identity, iat, 3600);
-    c.video = Some(VideoGrant {
-        room_join: true,
-        room: room.into(),
-        ..VideoGrant::default()
-    });
-    encode(&c, secret)
 }
 
 /// Send `request` raw and read until the server closes (bounded: 5 s).
@@ -500,17 +459,6 @@ fn python_sdk_connect_fails_with_the_401_message() {
     lk.server.stop();
 }
 
-/// A trunk for any number and the callee rule, for a SIP call into `call-<n>`.
-const TRUNK_AND_RULE: &str = r#"
-[[trunks]]
-id = "ST_open"
-
-[[dispatch_rules]]
-id = "SDR_callee"
-type = "callee"
-room_prefix = "call-"
-"#;
-
 /// A raw WebSocket client, enough to read server frames (RFC 6455 s5.2:
 /// server frames are unmasked) and send masked binary ones.
 struct WsClient {
@@ -731,11 +679,6 @@ fn python_sdk_sees_the_phone_caller_as_kind_sip() {
     lk.server.stop();
 }
 
-/// A token for `identity` in `room`, signed with the test key.
-fn token_for(room: &str, identity: &str) -> String {
-    mint(room, identity, b"secret", now_unix() - 5)
-}
-
 /// Two SDK participants exchange data packets (the issue's test): three real
 /// Python SDK participants in one room; alice's reliable and lossy packets reach
 /// bob and carol with their topic and alice as the sender, and a packet for bob
@@ -873,17 +816,11 @@ fn python_sdk_dtmf_is_played_to_the_caller() {
         return;
     }
     let lk = start_with("lk_python_dtmf_out", TRUNK_AND_RULE);
-    let mut caller = ua::Ua::new(
-        lk.ports.server_addr(),
-        "+15550008",
-        "+15550100",
-        "lkdtmfout",
-    );
-    assert_eq!(caller.call(), 200);
     // The caller keeps sending (silence) so its stream is live, for 6 s.
-    let run = ua::MediaRun::start(
-        &caller.rtp,
-        caller.remote_rtp.expect("answer's RTP"),
+    let (mut caller, run) = phone_call(
+        &lk,
+        "+15550008",
+        "lkdtmfout",
         ua::StreamPlan::tone(0.0, 300),
     );
     let got = sdk_script(
@@ -1032,18 +969,12 @@ fn python_sdk_hears_the_callers_tone() {
         return;
     }
     let lk = start_with("lk_python_audio_in", TRUNK_AND_RULE);
-    let mut caller = ua::Ua::new(
-        lk.ports.server_addr(),
-        "+15550011",
-        "+15550100",
-        "lkaudioin",
-    );
-    assert_eq!(caller.call(), 200);
     // 10 s of tone: the SDK's start-up, connect, subscription and 2.5 s of
     // listening all fall inside it.
-    let run = ua::MediaRun::start(
-        &caller.rtp,
-        caller.remote_rtp.expect("answer's RTP"),
+    let (mut caller, run) = phone_call(
+        &lk,
+        "+15550011",
+        "lkaudioin",
         ua::StreamPlan::tone(1000.0, 500),
     );
     wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
@@ -1073,17 +1004,11 @@ fn python_sdk_hears_a_caller_who_joins_after_it() {
         script,
         &[lk.url(), token("call-+15550100", b"secret", now_unix() - 5)],
     );
-    let mut caller = ua::Ua::new(
-        lk.ports.server_addr(),
-        "+15550012",
-        "+15550100",
-        "lkaudiolate",
-    );
-    assert_eq!(caller.call(), 200);
     // 8 s: the subscription and 2.5 s of listening fall inside it.
-    let run = ua::MediaRun::start(
-        &caller.rtp,
-        caller.remote_rtp.expect("answer's RTP"),
+    let (mut caller, run) = phone_call(
+        &lk,
+        "+15550012",
+        "lkaudiolate",
         ua::StreamPlan::tone(1000.0, 400),
     );
     let got = sdk_script_report(script, sdk, lines);
@@ -1494,13 +1419,7 @@ fn python_sdk_hears_callers_one_after_another() {
     let (sdk, lines) = sdk_script_ready(&lk, script, &args);
     for (i, (number, hz)) in callers.into_iter().enumerate() {
         let tag = format!("turn{i}");
-        let mut caller = ua::Ua::new(lk.ports.server_addr(), number, "+15550100", &tag);
-        assert_eq!(caller.call(), 200);
-        let run = ua::MediaRun::start(
-            &caller.rtp,
-            caller.remote_rtp.expect("answer's RTP"),
-            ua::StreamPlan::tone(hz, 150),
-        );
+        let (mut caller, run) = phone_call(&lk, number, &tag, ua::StreamPlan::tone(hz, 150));
         run.stop();
         assert_eq!(caller.bye(), 200);
     }

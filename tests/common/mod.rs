@@ -18,6 +18,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod livekit;
+
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
