@@ -1448,3 +1448,49 @@ fn python_sdk_hears_callers_one_after_another() {
     assert!(grown.is_empty(), "slots reused, not added: {grown:?}");
     lk.server.stop();
 }
+
+/// Explicit subscription with the real SDK: joined with `auto_subscribe`
+/// off, it sees the caller's track published but gets no audio until it
+/// subscribes (`set_subscribed(True)`); then it hears the caller's tone;
+/// unsubscribing ends it (`track_unsubscribed`).
+#[test]
+fn python_sdk_subscribes_to_the_caller_explicitly() {
+    let test = "python_sdk_subscribes_to_the_caller_explicitly";
+    if !python_sdk_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_explicit_sub", TRUNK_AND_RULE);
+    let (mut caller, run) = phone_call(
+        &lk,
+        "+15550051",
+        "lkexplicit",
+        ua::StreamPlan::tone(1000.0, 500),
+    );
+    wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
+    let got = sdk_script(
+        "livekit_explicit_subscribe.py",
+        &[
+            lk.url(),
+            token("call-+15550100", b"secret", now_unix() - 5),
+            "1000".into(),
+        ],
+    );
+    run.stop();
+    if got["error"] != "" {
+        lk.server.fail(&format!("explicit subscription: {got}"));
+    }
+    assert_eq!(got["published"], true, "{got}");
+    assert_eq!(got["early"], false, "no audio before subscribing: {got}");
+    let f = |k: &str| got[k].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        f("tone_db") - f("off_db") >= 10.0,
+        "the caller's tone: {got}"
+    );
+    assert!(
+        f("tone_db") >= f("total_db") - 3.0,
+        "the caller's tone: {got}"
+    );
+    assert_eq!(got["unsubscribed"], true, "{got}");
+    assert_eq!(caller.bye(), 200);
+    lk.server.stop();
+}
