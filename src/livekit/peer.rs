@@ -1511,6 +1511,23 @@ mod tests {
         assert_eq!(out.split("\r\nm=").next(), answer.split("\r\nm=").next());
     }
 
+    proptest::proptest! {
+        /// The SDP helpers take whatever text comes (a client's offer, our
+        /// answer cut anywhere) without panicking, and never invent lines.
+        #[test]
+        fn sdp_helpers_take_any_text(
+            text in "((v=0|m=(audio|video) (0|9) x|a=(mid|msid|ssrc):[ -~]{0,12}|a=(sendonly|recvonly|sendrecv|inactive)|[ -~]{0,20})\r?\n){0,30}",
+        ) {
+            let _ = offered_send_tracks(&text);
+            let mut assigned = HashMap::new();
+            assigned.insert(Mid::from("0"), ("PA_x|TR_y".to_owned(), "TR_y".to_owned()));
+            let out = announce_tracks(&text, &assigned, &[Mid::from("1")]);
+            proptest::prop_assert!(out.lines().count() <= text.lines().count() + 1);
+            let idle = idle_video(&text);
+            proptest::prop_assert!(idle.lines().count() <= text.lines().count() + 1);
+        }
+    }
+
     #[test]
     fn finds_the_tracks_an_offer_sends() {
         let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\

@@ -431,6 +431,42 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever comes (path, content type, token, body), the answer is a
+        /// call or a Twirp error with a status of its code; never a panic.
+        #[test]
+        fn any_request_gets_a_call_or_a_twirp_error(
+            method in "(POST|GET|PUT)",
+            name in "(RemoveParticipant|DeleteRoom|ListParticipants|[A-Za-z]{0,12})",
+            ct in proptest::option::of("(application/(protobuf|json)|text/plain)(; charset=utf-8)?"),
+            admin in proptest::bool::ANY,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            let auth = if admin { bearer(admin_grant_any()) } else { "Bearer x.y.z".to_owned() };
+            let path = format!("{PREFIX}{name}");
+            match parse(&method, &path, ct.as_deref(), Some(&auth), &body, &keys(), NOW) {
+                Ok(req) => proptest::prop_assert!(!req.call.room().is_empty()),
+                Err(r) => {
+                    proptest::prop_assert!([400, 401, 403, 404].contains(&r.status), "{}", r.status);
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
+                    proptest::prop_assert!(v["code"].is_string() && v["msg"].is_string());
+                }
+            }
+        }
+    }
+
+    /// Admin of every room it could be asked about, and allowed to create
+    /// and list (the property test's valid token).
+    fn admin_grant_any() -> VideoGrant {
+        VideoGrant {
+            room_admin: true,
+            room_create: true,
+            room_list: true,
+            room: String::new(),
+            ..VideoGrant::default()
+        }
+    }
+
     #[test]
     fn participants_are_listed_in_the_request_encoding() {
         let path = "/twirp/livekit.RoomService/ListParticipants";
