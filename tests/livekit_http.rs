@@ -1494,3 +1494,47 @@ fn python_sdk_subscribes_to_the_caller_explicitly() {
     assert_eq!(caller.bye(), 200);
     lk.server.stop();
 }
+
+/// Room metadata and a phone caller's attributes set from the server side
+/// (`livekit-api`'s `update_room_metadata`, `update_participant`, Twirp)
+/// reach a client SDK in the room (`room_metadata_changed`,
+/// `participant_attributes_changed`), stay beside the caller's `sip.*`
+/// attributes, and `list_participants` returns them.
+#[test]
+fn server_sdk_sets_room_metadata_and_the_callers_attributes() {
+    let test = "server_sdk_sets_room_metadata_and_the_callers_attributes";
+    if !python_server_api_or_skip(test) {
+        return;
+    }
+    let lk = start_with("lk_room_updates", TRUNK_AND_RULE);
+    let (mut caller, run) = phone_call(
+        &lk,
+        "+15550061",
+        "lkupdates",
+        ua::StreamPlan::tone(0.0, 400),
+    );
+    wait_for_log(&lk.server, "SIP caller joined the LiveKit room");
+    let got = sdk_script(
+        "livekit_room_updates.py",
+        &[
+            lk.url(),
+            format!("http://{}", lk.addr),
+            "devkey".into(),
+            "secret".into(),
+            "call-+15550100".into(),
+            token("call-+15550100", b"secret", now_unix() - 5),
+            "sip_+15550061".into(),
+        ],
+    );
+    run.stop();
+    if got["error"] != "" {
+        lk.server.fail(&format!("room updates: {got}"));
+    }
+    assert_eq!(got["room_metadata"], "queue=support", "{got}");
+    assert_eq!(got["attributes"]["crm.ticket"], "T-42", "{got}");
+    assert_eq!(got["listed"]["crm.ticket"], "T-42", "{got}");
+    assert_eq!(got["listed"]["sip.phoneNumber"], "+15550061", "{got}");
+    assert_eq!(got["listed"]["sip.callStatus"], "active", "{got}");
+    assert_eq!(caller.bye(), 200);
+    lk.server.stop();
+}

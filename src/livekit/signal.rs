@@ -397,6 +397,33 @@ fn source_of_name(name: &str) -> Option<lk::TrackSource> {
     }
 }
 
+/// Set what changed of a participant's metadata (empty: unchanged), name
+/// (empty: unchanged) and attributes; a new version when anything did.
+fn apply_update(
+    p: &mut Participant,
+    metadata: String,
+    name: String,
+    attributes: HashMap<String, String>,
+) -> bool {
+    let mut changed = false;
+    if !metadata.is_empty() && metadata != p.info.metadata {
+        p.info.metadata = metadata;
+        changed = true;
+    }
+    if !name.is_empty() && name != p.info.name {
+        p.info.name = name;
+        changed = true;
+    }
+    if attributes != p.info.attributes {
+        p.info.attributes = attributes;
+        changed = true;
+    }
+    if changed {
+        p.bump();
+    }
+    changed
+}
+
 fn attributes_size(attrs: &HashMap<String, String>) -> usize {
     attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
@@ -1731,25 +1758,52 @@ impl RoomSignal {
             );
             return;
         }
-        let mut changed = false;
-        if !u.metadata.is_empty() && u.metadata != p.info.metadata {
-            p.info.metadata = u.metadata;
-            changed = true;
-        }
-        if !u.name.is_empty() && u.name != p.info.name {
-            p.info.name = u.name;
-            changed = true;
-        }
-        if attributes != p.info.attributes {
-            p.info.attributes = attributes;
-            changed = true;
-        }
-        if changed {
-            p.bump();
+        if apply_update(p, u.metadata, u.name, attributes) {
             // Everyone, the participant included: its SDK updates the local
             // participant from this update.
             self.announce(pid, true);
         }
+    }
+
+    /// The server side (RoomService `UpdateParticipant`): new metadata, name
+    /// (empty: unchanged) and attributes (an empty value deletes), with the
+    /// same size limits as a participant's own update but no permission
+    /// needed. A phone caller keeps them across its call status changes.
+    pub fn update_participant(
+        &mut self,
+        pid: &ParticipantSid,
+        metadata: String,
+        name: String,
+        changes: &HashMap<String, String>,
+    ) -> Result<(), &'static str> {
+        let (max_metadata, max_attributes) = (self.config.max_metadata, self.config.max_attributes);
+        let Some(p) = self.participants.get_mut(pid) else {
+            return Err("participant not found");
+        };
+        let mut attributes = p.info.attributes.clone();
+        for (k, v) in changes {
+            if v.is_empty() {
+                attributes.remove(k);
+            } else {
+                attributes.insert(k.clone(), v.clone());
+            }
+        }
+        if metadata.len() > max_metadata
+            || name.len() > max_metadata
+            || attributes_size(&attributes) > max_attributes
+        {
+            return Err("metadata or attributes too large");
+        }
+        if let Link::Sip(sip) = &mut p.link {
+            sip.attributes = attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        if apply_update(p, metadata, name, attributes) {
+            self.announce(pid, true);
+        }
+        Ok(())
     }
 
     fn update_subscription(&mut self, pid: &ParticipantSid, u: lk::UpdateSubscription) {

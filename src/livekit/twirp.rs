@@ -1,7 +1,9 @@
 //! LiveKit's RoomService over Twirp: `POST /twirp/livekit.RoomService/<Method>`
 //! on the LiveKit port, as the server SDKs (`livekit-api`, `livekit-server-sdk`)
 //! and agents call it to hang up a phone caller (`RemoveParticipant`), end a
-//! room (`DeleteRoom`) or look into one (`ListParticipants`).
+//! room (`DeleteRoom`), look into one (`ListParticipants`), or set a
+//! participant's attributes or the room's metadata (`UpdateParticipant`,
+//! `UpdateRoomMetadata`).
 //!
 //! Where it sits: `runtime::livekit_http` reads the request head and body on
 //! whichever shard accepted the connection, hands them to [`parse`] (token,
@@ -13,7 +15,7 @@
 //! (`application/protobuf`) or protojson (`application/json`), answered in
 //! the same encoding; errors are JSON `{"code": ..., "msg": ...}` with the
 //! HTTP status of their code. Grants as livekit-server checks them:
-//! `roomAdmin` for the room named in the request (participant calls),
+//! `roomAdmin` for the room named in the request (participant and metadata calls),
 //! `roomCreate` for `DeleteRoom`, `roomList` or `roomAdmin` to list.
 
 use std::fmt::Write as _;
@@ -43,6 +45,19 @@ pub enum RoomCall {
     ListParticipants {
         room: String,
     },
+    /// New metadata, name (empty: unchanged) and attributes (an empty value
+    /// deletes) for a participant.
+    UpdateParticipant {
+        room: String,
+        identity: String,
+        metadata: String,
+        name: String,
+        attributes: std::collections::HashMap<String, String>,
+    },
+    UpdateRoomMetadata {
+        room: String,
+        metadata: String,
+    },
 }
 
 impl RoomCall {
@@ -50,7 +65,9 @@ impl RoomCall {
         match self {
             RoomCall::RemoveParticipant { room, .. }
             | RoomCall::DeleteRoom { room }
-            | RoomCall::ListParticipants { room } => room,
+            | RoomCall::ListParticipants { room }
+            | RoomCall::UpdateParticipant { room, .. }
+            | RoomCall::UpdateRoomMetadata { room, .. } => room,
         }
     }
 }
@@ -75,8 +92,12 @@ pub enum Outcome {
     Removed,
     Deleted,
     Participants(Vec<lk::ParticipantInfo>),
+    Participant(Box<lk::ParticipantInfo>),
+    Room(Box<lk::Room>),
     /// Twirp `not_found` with this message.
     NotFound(&'static str),
+    /// Twirp `invalid_argument` with this message.
+    Invalid(&'static str),
 }
 
 /// An HTTP response with a binary body.
@@ -201,6 +222,23 @@ pub fn parse(
             let r: lk::ListParticipantsRequest = decode(encoding, body)?;
             RoomCall::ListParticipants { room: r.room }
         }
+        "UpdateParticipant" => {
+            let r: lk::UpdateParticipantRequest = decode(encoding, body)?;
+            RoomCall::UpdateParticipant {
+                room: r.room,
+                identity: r.identity,
+                metadata: r.metadata,
+                name: r.name,
+                attributes: r.attributes,
+            }
+        }
+        "UpdateRoomMetadata" => {
+            let r: lk::UpdateRoomMetadataRequest = decode(encoding, body)?;
+            RoomCall::UpdateRoomMetadata {
+                room: r.room,
+                metadata: r.metadata,
+            }
+        }
         _ => {
             return Err(TwirpResponse::error(
                 "bad_route",
@@ -232,7 +270,9 @@ fn authorize(claims: &Claims, call: &RoomCall) -> Result<(), TwirpResponse> {
     let grant = claims.video.clone().unwrap_or_default();
     let admin_of_room = grant.room_admin && grant.room == call.room();
     let ok = match call {
-        RoomCall::RemoveParticipant { .. } => admin_of_room,
+        RoomCall::RemoveParticipant { .. }
+        | RoomCall::UpdateParticipant { .. }
+        | RoomCall::UpdateRoomMetadata { .. } => admin_of_room,
         RoomCall::DeleteRoom { .. } => grant.room_create,
         RoomCall::ListParticipants { .. } => admin_of_room || grant.room_list,
     };
@@ -258,6 +298,9 @@ pub fn respond(req: &TwirpRequest, outcome: Outcome) -> TwirpResponse {
     };
     match outcome {
         Outcome::NotFound(msg) => TwirpResponse::error("not_found", msg),
+        Outcome::Invalid(msg) => TwirpResponse::error("invalid_argument", msg),
+        Outcome::Participant(p) => encode(&|e| body(e, &*p)),
+        Outcome::Room(r) => encode(&|e| body(e, &*r)),
         Outcome::Removed => encode(&|e| body(e, &lk::RemoveParticipantResponse {})),
         Outcome::Deleted => encode(&|e| body(e, &lk::DeleteRoomResponse {})),
         Outcome::Participants(participants) => {
@@ -348,6 +391,51 @@ mod tests {
         let e = call(path, "application/protobuf", &bearer(join_only), &body).unwrap_err();
         assert_eq!(e.status, 403);
         assert!(String::from_utf8_lossy(&e.body).contains("\"code\":\"permission_denied\""));
+    }
+
+    #[test]
+    fn updates_need_room_admin_and_carry_their_fields() {
+        let body = lk::UpdateParticipantRequest {
+            room: "r".into(),
+            identity: "sip_+1555".into(),
+            attributes: [("crm.ticket".to_owned(), "T-1".to_owned())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let path = "/twirp/livekit.RoomService/UpdateParticipant";
+        let req = call(path, "application/protobuf", &bearer(admin("r")), &body).unwrap();
+        assert!(matches!(
+            &req.call,
+            RoomCall::UpdateParticipant { identity, attributes, .. }
+                if identity == "sip_+1555" && attributes["crm.ticket"] == "T-1"
+        ));
+        let e = call(path, "application/protobuf", &bearer(admin("other")), &body).unwrap_err();
+        assert_eq!(e.status, 403);
+        let path = "/twirp/livekit.RoomService/UpdateRoomMetadata";
+        let req = call(
+            path,
+            "application/json",
+            &bearer(admin("r")),
+            br#"{"room":"r","metadata":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.call,
+            RoomCall::UpdateRoomMetadata {
+                room: "r".into(),
+                metadata: "m".into()
+            }
+        );
+        let r = respond(&req, Outcome::Invalid("metadata or attributes too large"));
+        assert_eq!(r.status, 400);
+        let room = lk::Room {
+            name: "r".into(),
+            metadata: "m".into(),
+            ..Default::default()
+        };
+        let r = respond(&req, Outcome::Room(Box::new(room.clone())));
+        let back: lk::Room = serde_json::from_slice(&r.body).expect("protojson Room");
+        assert_eq!(back, room);
     }
 
     #[test]

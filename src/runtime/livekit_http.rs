@@ -477,7 +477,10 @@ async fn serve_twirp(
         let (outcome, hangups) = r.room_service(&req.call, Instant::now());
         (outcome, hangups, r.hang_up.clone())
     };
-    let done = !matches!(outcome, twirp::Outcome::NotFound(_));
+    let done = !matches!(
+        outcome,
+        twirp::Outcome::NotFound(_) | twirp::Outcome::Invalid(_)
+    );
     info!(?peer, call = ?req.call, done, "Twirp RoomService call");
     if let Some(h) = hang_up {
         for (call_id, cause) in &hangups {

@@ -1288,6 +1288,36 @@ impl SignalRooms {
                 let list = room.participants().cloned().collect();
                 return (Outcome::Participants(list), Vec::new());
             }
+            RoomCall::UpdateRoomMetadata { metadata, .. } => {
+                room.set_room_metadata(metadata);
+                let info = room.room().clone();
+                let name = call.room().to_owned();
+                self.pump(&name);
+                return (Outcome::Room(Box::new(info)), Vec::new());
+            }
+            RoomCall::UpdateParticipant {
+                identity,
+                metadata,
+                name,
+                attributes,
+                ..
+            } => {
+                let Some(pid) = room.find_identity(identity).cloned() else {
+                    return (Outcome::NotFound("participant not found"), Vec::new());
+                };
+                let outcome =
+                    match room.update_participant(&pid, metadata.clone(), name.clone(), attributes)
+                    {
+                        Ok(()) => match room.participant(&pid) {
+                            Some(p) => Outcome::Participant(Box::new(p.clone())),
+                            None => Outcome::NotFound("participant not found"),
+                        },
+                        Err(e) => Outcome::Invalid(e),
+                    };
+                let name = call.room().to_owned();
+                self.pump(&name);
+                return (outcome, Vec::new());
+            }
             RoomCall::RemoveParticipant { identity, .. } => match room.find_identity(identity) {
                 Some(pid) => (
                     vec![pid.clone()],
