@@ -129,6 +129,9 @@ pub struct WebRtc {
     up: HashMap<PeerKey, HashMap<Mid, Arc<str>>>,
     /// Where each track is sent: (subscriber's peer, its slot).
     forward: HashMap<Arc<str>, Vec<(PeerKey, Mid)>>,
+    /// `forward` gained or lost a route since `SignalRooms` last looked
+    /// (which callers to publish is decided only then, not on every event).
+    routes_changed: bool,
     /// Opus packets received, to forward and mix: (room, track, packet).
     audio_in: Vec<(String, Arc<str>, OpusPacket)>,
     /// `media_sections_requirement`s asked of each peer, bounded so a client
@@ -169,6 +172,7 @@ impl WebRtc {
             down: HashMap::new(),
             up: HashMap::new(),
             forward: HashMap::new(),
+            routes_changed: false,
             audio_in: Vec::new(),
             asked: HashMap::new(),
             stale: HashMap::new(),
@@ -360,6 +364,7 @@ impl WebRtc {
             dests.retain(|(k, _)| *k != key);
         }
         self.forward.retain(|_, d| !d.is_empty());
+        self.routes_changed = true;
         self.sub_offered.remove(&key);
     }
 
@@ -437,6 +442,7 @@ impl WebRtc {
             }
         }
         self.forward.retain(|_, d| !d.is_empty());
+        self.routes_changed = true;
         self.down.insert(key, down);
         (
             announce_tracks(answer, &assigned, &idle),
@@ -506,6 +512,7 @@ impl WebRtc {
             dests.retain(|(k, _)| *k != key);
         }
         self.forward.retain(|_, d| !d.is_empty());
+        self.routes_changed = true;
         if let Some(down) = self.down.get_mut(&key) {
             for slot in down.iter_mut() {
                 if slot.1.as_deref() == Some(track) {
@@ -619,6 +626,7 @@ impl WebRtc {
                     .entry(Arc::clone(t))
                     .or_default()
                     .push((key, mid));
+                self.routes_changed = true;
             }
             self.down.entry(key).or_default().push((mid, track));
         }
@@ -1096,9 +1104,13 @@ impl SignalRooms {
 
     /// Publish a caller's voice exactly while someone receives its track.
     fn sync_publishing(&mut self) {
-        let Some(w) = &self.webrtc else {
+        let Some(w) = &mut self.webrtc else {
             return;
         };
+        if !std::mem::take(&mut w.routes_changed) {
+            return;
+        }
+        let w: &WebRtc = w;
         for (call, (_, _, track)) in &self.sip {
             let on = w.is_forwarded(track.as_str());
             if on != self.publishing.contains(call) {
