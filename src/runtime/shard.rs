@@ -396,7 +396,7 @@ async fn media_loop(shard: Rc<Shard>, kick: LocalReceiver<()>) {
                         front
                             .rooms
                             .borrow_mut()
-                            .caller_audio(&call.to_string(), &payload, ts, now);
+                            .caller_audio(&call.0, &payload, ts, now);
                     }
                 }
                 MediaNotice::Dtmf(call, digit) => {
