@@ -1016,11 +1016,11 @@ impl SignalRooms {
                             continue;
                         };
                         match room.generation(&subscriber) {
-                            // A peer that has answered needs a new slot: the
-                            // client adds one and re-offers. Before its
-                            // first offer, that answer assigns it.
-                            // A free slot is reused (a re-offer adds none);
-                            // else the client adds one, within a bound.
+                            // v1, once it has answered: the track needs a
+                            // slot, announced in an answer, so the client
+                            // must re-offer: with no new section when a
+                            // slot is free, else adding one (bounded).
+                            // Before its first offer, that answer assigns it.
                             Some(Generation::V1) if w.has_free_slot(&subscriber) => {
                                 let _ = room.require_media_sections(&subscriber, 0);
                             }
