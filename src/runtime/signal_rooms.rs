@@ -129,6 +129,9 @@ pub struct WebRtc {
     up: HashMap<PeerKey, HashMap<Mid, Arc<str>>>,
     /// Where each track is sent: (subscriber's peer, its slot).
     forward: HashMap<Arc<str>, Vec<(PeerKey, Mid)>>,
+    /// Tracks of peers dropped on an error, still to be taken out of the
+    /// media engine's rooms.
+    dropped_tracks: Vec<Arc<str>>,
     /// `forward` gained or lost a route since `SignalRooms` last looked
     /// (which callers to publish is decided only then, not on every event).
     routes_changed: bool,
@@ -173,6 +176,7 @@ impl WebRtc {
             up: HashMap::new(),
             forward: HashMap::new(),
             routes_changed: false,
+            dropped_tracks: Vec::new(),
             audio_in: Vec::new(),
             asked: HashMap::new(),
             stale: HashMap::new(),
@@ -230,7 +234,10 @@ impl WebRtc {
                 Err(e) => {
                     warn!(peer = ?key, error = %e, "WebRTC peer failed; dropped");
                     if let Some((pid, _)) = self.owners.get(&key).cloned() {
-                        self.remove(&pid);
+                        // Its tracks leave the mix too (SignalRooms tells
+                        // the media engine: `take_dropped_tracks`).
+                        let gone = self.remove(&pid);
+                        self.dropped_tracks.extend(gone);
                     }
                     break;
                 }
@@ -1188,12 +1195,17 @@ impl SignalRooms {
 
     /// Forward the Opus packets the peers received to their tracks'
     /// subscribers (SFU: the packet as it came), and into the mix when the
-    /// room has callers.
+    /// room has callers. Tracks of peers that failed leave the mix.
     fn route_audio(&mut self, now: Instant) {
         let Some(w) = &mut self.webrtc else {
             return;
         };
         let w: &mut WebRtc = w;
+        for track in std::mem::take(&mut w.dropped_tracks) {
+            if let Some(m) = &self.to_media {
+                m(MediaCommand::RemoveTrack { track });
+            }
+        }
         for (room, track, p) in std::mem::take(&mut w.audio_in) {
             w.send_track(&track, &p.payload, p.rtp_timestamp, now);
             let callers = self
