@@ -1336,8 +1336,9 @@ fn the_sip_participant_rings_then_is_active_with_the_rules_attributes() {
 
 /// The room as an SFU between two real SDK participants (no phone call):
 /// each publishes a tone and hears the other's, not its own (forwarded as
-/// it came, no transcoding); when one unpublishes (removes its sender and
-/// renegotiates), the other gets `track_unpublished` for that track.
+/// it came, no transcoding), and sees the other named an active speaker;
+/// when one unpublishes (removes its sender and renegotiates), the other
+/// gets `track_unpublished` for that track.
 #[test]
 fn python_sdk_participants_hear_each_other_through_the_sfu() {
     let test = "python_sdk_participants_hear_each_other_through_the_sfu";
@@ -1392,6 +1393,15 @@ fn python_sdk_participants_hear_each_other_through_the_sfu() {
         serde_json::json!([ra["track_sid"]]),
         "bob saw alice's track unpublished: {rb}"
     );
+    // No phone caller, so nothing is decoded: the room names speakers from
+    // the RFC 6464 levels in the SDKs' packets.
+    for (who, r, peer) in [("alice", &ra, "bob"), ("bob", &rb, "alice")] {
+        let speakers = r["speakers"].as_array().cloned().unwrap_or_default();
+        assert!(
+            speakers.iter().any(|s| s == peer),
+            "{who} saw {peer} among the active speakers: {r}"
+        );
+    }
     lk.server.stop();
 }
 

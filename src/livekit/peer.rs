@@ -175,6 +175,9 @@ pub struct OpusPacket {
     pub sequence: u16,
     /// When the datagram carrying it was received (the `now` it came with).
     pub received: Instant,
+    /// The sender's audio level (RFC 6464 header extension), in dBov (0 is
+    /// the loudest, -127 silence), when it sent one.
+    pub audio_level: Option<i8>,
 }
 
 /// What happened on the session, for the room and the signal session.
@@ -572,6 +575,7 @@ impl WebRtcPeer {
                     rtp_timestamp: data.time.numer() as u32,
                     sequence: data.seq_range.start().as_u16(),
                     received: data.network_time,
+                    audio_level: data.ext_vals.audio_level,
                 }))
             }
             Event::RtpPacket(packet) => {
@@ -582,6 +586,7 @@ impl WebRtcPeer {
                     rtp_timestamp: packet.header.timestamp,
                     sequence: packet.header.sequence_number,
                     received: packet.timestamp,
+                    audio_level: packet.header.ext_vals.audio_level,
                 }))
             }
             Event::ChannelOpen(id, label) => {

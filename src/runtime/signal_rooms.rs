@@ -700,6 +700,9 @@ pub struct SignalRooms {
     sip: HashMap<String, (String, ParticipantSid, TrackSid)>,
     /// The callers whose voice the media engine publishes (Call-IDs).
     publishing: std::collections::HashSet<String>,
+    /// Rooms without callers: who speaks, from the levels the SDKs put in
+    /// their packets (RFC 6464), per 500 ms window.
+    header_levels: HashMap<String, LevelWindow>,
     /// The shard's WebRTC port, when it could be opened.
     pub webrtc: Option<WebRtc>,
     /// Plays a digit to a SIP caller (by Call-ID), as RFC 4733 events: the
@@ -712,6 +715,19 @@ pub struct SignalRooms {
     /// once the rooms are no longer borrowed.
     pub hang_up: Option<HangUp>,
 }
+
+/// One room's RFC 6464 levels over the current window: per track, the sum
+/// of linear levels and how many packets carried one.
+#[derive(Debug)]
+struct LevelWindow {
+    start: Instant,
+    tracks: HashMap<Arc<str>, (f64, u32)>,
+}
+
+/// How long a level window lasts (as the media room's, `media::room`).
+const LEVEL_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+/// Speaking above -35 dBov (livekit-server's default active level), linear.
+const SPEAKING_LINEAR: f64 = 0.017_782_794;
 
 /// Why the room side ends a phone call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -738,6 +754,7 @@ impl SignalRooms {
             conns: HashMap::new(),
             sip: HashMap::new(),
             publishing: Default::default(),
+            header_levels: HashMap::new(),
             webrtc: None,
             dtmf_to_caller: None,
             to_media: None,
@@ -1191,6 +1208,51 @@ impl SignalRooms {
         }
         self.route_data();
         self.route_audio(now);
+        self.close_level_windows(now);
+    }
+
+    /// Report who speaks in the caller-less rooms whose level window is over
+    /// (`speakers_changed` when that set changed), and start the next.
+    fn close_level_windows(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .header_levels
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.start) >= LEVEL_WINDOW)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for name in due {
+            let Some(window) = self.header_levels.remove(&name) else {
+                continue;
+            };
+            let Some(room) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            if room.has_sip_participant() {
+                continue; // the media room measures it now
+            }
+            let mut levels: Vec<(ParticipantSid, f32)> = Vec::new();
+            for (track, (sum, n)) in &window.tracks {
+                let level = sum / f64::from((*n).max(1));
+                if level <= SPEAKING_LINEAR {
+                    continue;
+                }
+                if let Some(pid) = room.publisher_of(track) {
+                    levels.push((pid.clone(), level as f32));
+                }
+            }
+            room.report_levels(&levels);
+            // A room that still gets packets opens its next window with them.
+            if !window.tracks.is_empty() {
+                self.header_levels.insert(
+                    name.clone(),
+                    LevelWindow {
+                        start: now,
+                        tracks: HashMap::new(),
+                    },
+                );
+            }
+            self.pump(&name);
+        }
     }
 
     /// Forward the Opus packets the peers received to their tracks'
@@ -1212,6 +1274,20 @@ impl SignalRooms {
                 .rooms
                 .get(&room)
                 .is_some_and(RoomSignal::has_sip_participant);
+            // No callers, so no decoding: who speaks comes from the level
+            // the sender put in the packet.
+            if let (false, Some(dbov)) = (callers, p.audio_level) {
+                let window =
+                    self.header_levels
+                        .entry(room.clone())
+                        .or_insert_with(|| LevelWindow {
+                            start: now,
+                            tracks: HashMap::new(),
+                        });
+                let sum = window.tracks.entry(Arc::clone(&track)).or_default();
+                sum.0 += 10f64.powf(f64::from(dbov.min(0)) / 20.0);
+                sum.1 += 1;
+            }
             if let (true, Some(m)) = (callers, &self.to_media) {
                 m(MediaCommand::TrackPacket {
                     track,
@@ -1231,6 +1307,7 @@ impl SignalRooms {
         }
         self.route_data();
         self.route_audio(now);
+        self.close_level_windows(now);
     }
 
     /// Relay the data packets the peers received, as their rooms say

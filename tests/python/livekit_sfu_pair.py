@@ -11,7 +11,8 @@ unpublished (`track_unpublished`).
 Prints one JSON line: {"error": str, "from": identity heard, "frames",
 "samples", "tone_db" (PEER_HZ), "off_db" (MY_HZ: it must not hear itself),
 "total_db", "rms", "tone_blocks", "blocks", "unpublished": [sids seen
-unpublished], "track_sid": its own}. Every wait is bounded. Exit 3 without
+unpublished], "track_sid": its own, "speakers": identities the room named
+active speakers}. Every wait is bounded. Exit 3 without
 the SDK.
 """
 
@@ -58,7 +59,14 @@ async def play(source, hz: float, stop: asyncio.Event) -> None:
 
 async def main(url, token, peer, my_hz, peer_hz, mode) -> None:
     room = rtc.Room()
-    out = {"error": "", "from": "", "frames": 0, "samples": 0, "unpublished": []}
+    out = {
+        "error": "",
+        "from": "",
+        "frames": 0,
+        "samples": 0,
+        "unpublished": [],
+        "speakers": [],
+    }
     got_track: asyncio.Future = asyncio.get_running_loop().create_future()
     unpublished = asyncio.Event()
 
@@ -70,6 +78,14 @@ async def main(url, token, peer, my_hz, peer_hz, mode) -> None:
             and not got_track.done()
         ):
             got_track.set_result(track)
+
+    # Who the room said speaks (speakers_changed; in a room without phone
+    # callers, from the RFC 6464 levels the SDKs put in their packets).
+    @room.on("active_speakers_changed")
+    def _on_speakers(speakers) -> None:
+        for p in speakers:
+            if p.identity not in out["speakers"]:
+                out["speakers"].append(p.identity)
 
     @room.on("track_unpublished")
     def _on_unpublished(publication, participant) -> None:
