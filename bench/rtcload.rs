@@ -73,6 +73,8 @@ const USAGE: &str = "usage: sb-rtcload --rooms-from-log PATH --agents N [options
   --join-timeout 60          stop waiting for N connected agents after (s)
   --settle 2                 wait after the last agent connected before measuring (s)
   --duration 15              measurement window (s)
+  --window-at 0              open the window this many s from start, connected or not
+                             (0: --settle after the last agent connected)
   --hold 0                   keep the agents talking until this many s from start
   --server-pid PID           also read the server's CPU over the window";
 
@@ -87,6 +89,7 @@ struct Opts {
     settle: Duration,
     duration: Duration,
     hold: Duration,
+    window_at: Option<Duration>,
     server_pid: Option<u32>,
 }
 
@@ -103,6 +106,7 @@ fn parse_opts() -> Result<Opts, String> {
         settle: Duration::from_secs(2),
         duration: Duration::from_secs(15),
         hold: Duration::ZERO,
+        window_at: None,
         server_pid: None,
     };
     let mut it = args.iter();
@@ -126,6 +130,9 @@ fn parse_opts() -> Result<Opts, String> {
             "--settle" => o.settle = secs(v).map_err(|e| bad(&e))?,
             "--duration" => o.duration = secs(v).map_err(|e| bad(&e))?,
             "--hold" => o.hold = secs(v).map_err(|e| bad(&e))?,
+            "--window-at" => {
+                o.window_at = Some(secs(v).map_err(|e| bad(&e))?).filter(|d| !d.is_zero())
+            }
             "--server-pid" => o.server_pid = Some(v.parse().map_err(|e| bad(&e))?),
             _ => return Err(format!("unknown option {name}\n{USAGE}")),
         }
@@ -668,6 +675,7 @@ fn run(o: Opts) -> Result<bool, String> {
     let join_deadline = start + o.join_timeout;
     let mut cpu0 = (0.0, None);
     let mut ok = true;
+    let mut all_connected = false;
     loop {
         let now = Instant::now();
         // New rooms: one agent each.
@@ -718,8 +726,26 @@ fn run(o: Opts) -> Result<bool, String> {
         }
         // Phases of the measurement.
         let connected = agents.iter().filter(|a| a.connected_at.is_some()).count();
+        if !all_connected && connected >= o.agents {
+            all_connected = true;
+            eprintln!(
+                "sb-rtcload: all {connected} agents connected {:.1} s from start",
+                start.elapsed().as_secs_f64()
+            );
+        }
         match phase {
-            Phase::Joining if connected >= o.agents || now >= join_deadline => {
+            Phase::Joining if o.window_at.is_some_and(|at| now >= start + at) => {
+                eprintln!(
+                    "sb-rtcload: {connected}/{} agents connected at the window, {:.1} s ({} rooms seen)",
+                    o.agents,
+                    start.elapsed().as_secs_f64(),
+                    agents.len()
+                );
+                phase = Phase::Settling(now);
+            }
+            Phase::Joining
+                if o.window_at.is_none() && (connected >= o.agents || now >= join_deadline) =>
+            {
                 eprintln!(
                     "sb-rtcload: {connected}/{} agents connected after {:.1} s ({} rooms seen)",
                     o.agents,

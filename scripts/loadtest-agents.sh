@@ -125,6 +125,7 @@ for n in $NS; do
         write_config "$mode" "$step/switchboard.toml"
         server_cmd=(taskset -c "$SERVER_CORE" "$SWITCHBOARD" --config "$step/switchboard.toml" --shards 1)
         [ "$RT" = 1 ] && server_cmd=(chrt -f 10 "${server_cmd[@]}")
+        echo "${server_cmd[*]}" >>"$OUT/command.txt"
         "${server_cmd[@]}" >"$step/server.log" 2>&1 &
         SERVER_PID=$!
         sleep 0.5
@@ -132,12 +133,15 @@ for n in $NS; do
             tail -n 20 "$step/server.log" >&2
             die "switchboard exited at start"
         }
-        # Calls set up in n/CPS s; the window opens 4 s after the last answer.
+        # Calls set up in n/CPS s; sb-loadgen's window opens 4 s after the last
+        # answer and lasts DURATION. The agents' window opens 1 s later and
+        # closes 1 s earlier, connected or not (agents that are not yet
+        # connected count as silent), so both measure the same seconds.
         setup=$(((n + CPS - 1) / CPS))
         if [ "$mode" = agents ]; then
             rtc_cmd=(taskset -c "$LOADGEN_CORE" "$RTCLOAD" --ws "127.0.0.1:$LK_PORT"
                 --rooms-from-log "$step/server.log" --agents "$n" --server-pid "$SERVER_PID"
-                --join-timeout $((setup + 20)) --settle 2 --duration "$DURATION"
+                --window-at $((setup + 5)) --duration $((DURATION - 2))
                 --hold $((setup + DURATION + 60)))
             [ "$RT" = 1 ] && rtc_cmd=(chrt -f 15 "${rtc_cmd[@]}")
             echo "${rtc_cmd[*]}" >>"$OUT/command.txt"
