@@ -24,13 +24,18 @@
 //! sendonly m-line, spread over 10 phases; it counts the Opus packets it
 //! receives on the others.
 //!
+//! With `--rooms a,b,...` it joins the named rooms at once instead of reading
+//! the log: agents may then join before any caller, or share a room with
+//! several (the server's `media_sections_requirement` path).
+//!
 //! Report: once `--agents` agents are connected (or `--join-timeout` passed),
-//! after `--settle`, one window of `--duration`: packets received vs 50 per
-//! second per agent, loss from the RTP sequence numbers, silent agents, and
-//! this process's CPU. Then it keeps the agents talking until `--hold` seconds
-//! from start (so sb-loadgen's window is covered) and exits.
+//! after `--settle` (or at `--window-at` from start, connected or not), one
+//! window of `--duration`: packets received vs 50 per second per agent, per
+//! receive m-line the loss from the RTP sequence numbers, silent agents,
+//! re-offers, and this process's CPU. Then it keeps the agents talking until
+//! `--hold` seconds from start (so sb-loadgen's window is covered) and exits.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -69,6 +74,8 @@ const USAGE: &str = "usage: sb-rtcload --rooms-from-log PATH --agents N [options
   --key devkey --secret secret   API key that signs the agents' tokens
   --local-ip 127.0.0.1       address of the agents' UDP sockets
   --rooms-from-log PATH      switchboard's log: one agent per room a SIP caller joined
+  --rooms a,b,...            or these rooms, joined at once, one agent each (repeat a
+                             name for several agents in one room)
   --agents N                 how many agents (the first N rooms, in log order)
   --join-timeout 60          stop waiting for N connected agents after (s)
   --settle 2                 wait after the last agent connected before measuring (s)
@@ -84,6 +91,7 @@ struct Opts {
     secret: String,
     local_ip: IpAddr,
     log: String,
+    rooms: Vec<String>,
     agents: usize,
     join_timeout: Duration,
     settle: Duration,
@@ -101,6 +109,7 @@ fn parse_opts() -> Result<Opts, String> {
         secret: "secret".into(),
         local_ip: "127.0.0.1".parse().expect("literal"),
         log: String::new(),
+        rooms: Vec::new(),
         agents: 0,
         join_timeout: Duration::from_secs(60),
         settle: Duration::from_secs(2),
@@ -125,6 +134,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--secret" => o.secret = v.clone(),
             "--local-ip" => o.local_ip = v.parse().map_err(|e| bad(&e))?,
             "--rooms-from-log" => o.log = v.clone(),
+            "--rooms" => o.rooms = v.split(',').map(str::to_owned).collect(),
             "--agents" => o.agents = v.parse().map_err(|e| bad(&e))?,
             "--join-timeout" => o.join_timeout = secs(v).map_err(|e| bad(&e))?,
             "--settle" => o.settle = secs(v).map_err(|e| bad(&e))?,
@@ -137,7 +147,10 @@ fn parse_opts() -> Result<Opts, String> {
             _ => return Err(format!("unknown option {name}\n{USAGE}")),
         }
     }
-    if o.log.is_empty() || o.agents == 0 {
+    if o.agents == 0 {
+        o.agents = o.rooms.len();
+    }
+    if o.log.is_empty() == o.rooms.is_empty() || o.agents == 0 {
         return Err(USAGE.into());
     }
     Ok(o)
@@ -219,14 +232,17 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 // One agent
 // ---------------------------------------------------------------------------
 
+/// What one receive m-line got in the window: packets and the extended
+/// sequence numbers seen (the caller's track sits on one m-line; several
+/// when an agent shares its room with several callers).
 #[derive(Default, Clone, Copy)]
-struct Window {
+struct Stream {
     received: u64,
-    /// Extended sequence numbers seen in the window, per receive m-line
-    /// (the caller's track sits on one).
-    first: Option<u64>,
+    first: u64,
     last: u64,
 }
+
+type Window = HashMap<Mid, Stream>;
 
 struct Agent {
     room: String,
@@ -528,11 +544,13 @@ impl Agent {
                     Event::MediaData(d) if d.mid != self.send_mid => {
                         self.received += 1;
                         if measuring {
-                            let seq = **d.seq_range.end();
-                            let w = &mut self.window;
+                            let w = self.window.entry(d.mid).or_insert(Stream {
+                                received: 0,
+                                first: **d.seq_range.start(),
+                                last: 0,
+                            });
                             w.received += 1;
-                            w.first.get_or_insert(**d.seq_range.start());
-                            w.last = w.last.max(seq);
+                            w.last = w.last.max(**d.seq_range.end());
                         }
                     }
                     _ => {}
@@ -665,7 +683,12 @@ enum Phase {
 fn run(o: Opts) -> Result<bool, String> {
     let start = Instant::now();
     let packet = tone_packet()?;
-    let mut rooms = LogRooms::open(&o.log).map_err(|e| format!("{}: {e}", o.log))?;
+    let mut rooms = if o.log.is_empty() {
+        None
+    } else {
+        Some(LogRooms::open(&o.log).map_err(|e| format!("{}: {e}", o.log))?)
+    };
+    let mut listed = o.rooms.clone().into_iter();
     let ep = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
     let mut agents: Vec<Agent> = Vec::new();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -681,7 +704,11 @@ fn run(o: Opts) -> Result<bool, String> {
         // New rooms: one agent each.
         if agents.len() < o.agents && now >= next_log {
             next_log = now + Duration::from_millis(50);
-            for room in rooms.poll().map_err(|e| format!("{}: {e}", o.log))? {
+            let new = match &mut rooms {
+                Some(r) => r.poll().map_err(|e| format!("{}: {e}", o.log))?,
+                None => listed.by_ref().collect(),
+            };
+            for room in new {
                 if agents.len() >= o.agents {
                     break;
                 }
@@ -802,13 +829,18 @@ fn report(agents: &[Agent], secs: f64, cpu0: (f64, Option<f64>), o: &Opts) -> bo
     let mut received = 0u64;
     let mut span = 0u64;
     let mut silent = 0usize;
+    let mut streams = 0usize;
     for a in agents {
-        received += a.window.received;
-        match a.window.first {
-            Some(f) => span += a.window.last + 1 - f,
-            None => silent += 1,
+        if a.window.is_empty() {
+            silent += 1;
+        }
+        for w in a.window.values() {
+            streams += 1;
+            received += w.received;
+            span += w.last + 1 - w.first;
         }
     }
+    let reoffers: u32 = agents.iter().map(|a| a.offers - 1).sum();
     let expected = (50.0 * secs * agents.len() as f64).round() as u64;
     let lost = span.saturating_sub(received);
     let loss = if span > 0 {
@@ -819,7 +851,8 @@ fn report(agents: &[Agent], secs: f64, cpu0: (f64, Option<f64>), o: &Opts) -> bo
     let rate = received as f64 * 100.0 / expected.max(1) as f64;
     println!(
         "agents {} connected {connected} dead {dead} silent {silent} | window {secs:.1} s: \
-         received {received} of {expected} expected ({rate:.2}%), seq span {span}, lost {lost} ({loss:.3}%) \
+         received {received} of {expected} expected ({rate:.2}%) on {streams} m-lines, \
+         seq span {span}, lost {lost} ({loss:.3}%), re-offers {reoffers} \
          | sb-rtcload CPU {me:.1}% | server CPU {server}",
         agents.len()
     );
