@@ -879,3 +879,45 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The unsafe edges of the generator: the epoll wrapper and the CPU
+    //! clocks, checked against the kernel.
+
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn epoll_reports_a_readable_socket_and_times_out_otherwise() {
+        let ep = Epoll::new().expect("epoll");
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        ep.add(rx.as_raw_fd(), 7).expect("register");
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4];
+        // Nothing sent: the wait ends by its timeout with no event.
+        assert_eq!(ep.wait(&mut events, Duration::from_millis(5)), 0);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.send_to(b"x", rx.local_addr().expect("addr"))
+            .expect("send");
+        let n = ep.wait(&mut events, Duration::from_millis(1000));
+        assert_eq!(n, 1);
+        let token = events[0].u64;
+        assert_eq!(token, 7);
+        // A closed fd cannot be registered: the error comes back, no panic.
+        assert!(ep.add(-1, 8).is_err());
+    }
+
+    #[test]
+    fn cpu_clocks_move_and_read_this_process() {
+        let before = cpu_secs_self();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_secs_self() > before, "getrusage counts our work");
+        let mine = cpu_secs_pid(std::process::id()).expect("/proc/self/stat parses");
+        assert!(mine >= 0.0);
+        assert!(cpu_secs_pid(u32::MAX).is_none(), "no such process");
+    }
+}
