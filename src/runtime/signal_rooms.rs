@@ -703,6 +703,9 @@ pub struct SignalRooms {
     /// Rooms without callers: who speaks, from the levels the SDKs put in
     /// their packets (RFC 6464), per 500 ms window.
     header_levels: HashMap<String, LevelWindow>,
+    /// When the earliest of those windows ends (checked per datagram, so the
+    /// windows are walked only when one is due).
+    next_level_close: Option<Instant>,
     /// The shard's WebRTC port, when it could be opened.
     pub webrtc: Option<WebRtc>,
     /// Plays a digit to a SIP caller (by Call-ID), as RFC 4733 events: the
@@ -755,6 +758,7 @@ impl SignalRooms {
             sip: HashMap::new(),
             publishing: Default::default(),
             header_levels: HashMap::new(),
+            next_level_close: None,
             webrtc: None,
             dtmf_to_caller: None,
             to_media: None,
@@ -1214,6 +1218,9 @@ impl SignalRooms {
     /// Report who speaks in the caller-less rooms whose level window is over
     /// (`speakers_changed` when that set changed), and start the next.
     fn close_level_windows(&mut self, now: Instant) {
+        if self.next_level_close.is_none_or(|t| now < t) {
+            return;
+        }
         let due: Vec<String> = self
             .header_levels
             .iter()
@@ -1253,6 +1260,11 @@ impl SignalRooms {
             }
             self.pump(&name);
         }
+        self.next_level_close = self
+            .header_levels
+            .values()
+            .map(|w| w.start + LEVEL_WINDOW)
+            .min();
     }
 
     /// Forward the Opus packets the peers received to their tracks'
@@ -1277,13 +1289,15 @@ impl SignalRooms {
             // No callers, so no decoding: who speaks comes from the level
             // the sender put in the packet.
             if let (false, Some(dbov)) = (callers, p.audio_level) {
-                let window =
-                    self.header_levels
-                        .entry(room.clone())
-                        .or_insert_with(|| LevelWindow {
-                            start: now,
-                            tracks: HashMap::new(),
-                        });
+                let next = &mut self.next_level_close;
+                let window = self.header_levels.entry(room.clone()).or_insert_with(|| {
+                    let end = now + LEVEL_WINDOW;
+                    *next = Some(next.map_or(end, |n| n.min(end)));
+                    LevelWindow {
+                        start: now,
+                        tracks: HashMap::new(),
+                    }
+                });
                 let sum = window.tracks.entry(Arc::clone(&track)).or_default();
                 sum.0 += 10f64.powf(f64::from(dbov.min(0)) / 20.0);
                 sum.1 += 1;
