@@ -347,6 +347,8 @@ pub struct RoomSignal {
     participants: BTreeMap<ParticipantSid, Participant>,
     tracks: BTreeMap<TrackSid, Publication>,
     timers: BTreeMap<Timer, Instant>,
+    /// How many phone callers are in the room.
+    sip_participants: usize,
     /// Who was last reported speaking, and how loud.
     speakers: BTreeMap<ParticipantSid, f32>,
     out: VecDeque<SignalOutput>,
@@ -480,6 +482,7 @@ impl RoomSignal {
             tracks: BTreeMap::new(),
             timers: BTreeMap::new(),
             speakers: BTreeMap::new(),
+            sip_participants: 0,
             out: VecDeque::new(),
             empty_pending: false,
             rng,
@@ -555,10 +558,10 @@ impl RoomSignal {
     }
 
     /// Whether a phone caller is in the room (someone to mix tracks for).
+    /// Asked per media packet: a count kept by `count_participants`, which
+    /// every join and leave runs.
     pub fn has_sip_participant(&self) -> bool {
-        self.participants
-            .values()
-            .any(|p| matches!(p.link, Link::Sip(_)))
+        self.sip_participants > 0
     }
 
     /// The published track whose sid is `track`.
@@ -711,6 +714,11 @@ impl RoomSignal {
         let publishers = count(visible().filter(|p| !p.info.tracks.is_empty()).count());
         self.room.num_participants = participants;
         self.room.num_publishers = publishers;
+        self.sip_participants = self
+            .participants
+            .values()
+            .filter(|p| matches!(p.link, Link::Sip(_)))
+            .count();
     }
 
     /// The tracks `pid` may receive: others', of visible publishers.

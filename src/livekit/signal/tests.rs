@@ -255,7 +255,9 @@ fn v0_subscriber_primary_when_configured() {
 fn sip_participant_appears_with_kind_sip_and_attributes() {
     let mut h = Harness::new();
     let alice = h.joined("alice");
+    assert!(!h.room.has_sip_participant(), "only alice");
     let (caller, track) = h.sip(false);
+    assert!(h.room.has_sip_participant());
     let out = h.drain();
     let seen = updates_to(&out, &alice);
     let last = seen.last().unwrap();
@@ -1197,8 +1199,10 @@ fn connection_lost_and_removal() {
     );
     let (caller, _) = h.sip(false);
     h.drain();
+    assert!(h.room.has_sip_participant());
     h.room
         .remove_participant(&caller, lk::DisconnectReason::ParticipantRemoved);
+    assert!(!h.room.has_sip_participant(), "the caller left");
     let out = h.drain();
     assert!(media(&out).contains(&MediaRequest::ParticipantLeft {
         pid: caller.clone(),
