@@ -1037,6 +1037,15 @@ mod tests {
         ShardDtls::generate().expect("aws-lc-rs makes certificates")
     }
 
+    /// One of our peers on the shard port, in frame mode, before any offer.
+    fn server_peer(now: Instant) -> WebRtcPeer {
+        let config = PeerConfig {
+            host: server_addr(),
+            rtp_mode: false,
+        };
+        WebRtcPeer::new(&config, &dtls(), now).expect("peer")
+    }
+
     fn opus_pt(rtc: &Rtc) -> Pt {
         rtc.codec_config()
             .find(|p| p.spec().codec == Codec::Opus)
@@ -1397,11 +1406,7 @@ mod tests {
         // under the msid LiveKit's SDKs read as <participant>|<track>.
         let mut net = Net::new(0, false);
         let start = net.now;
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), start).expect("peer");
+        let mut peer = server_peer(start);
         let tracks = [("PA_pub|TR_one".to_owned(), "TR_one".to_owned())];
         let (offer, mids) = peer
             .offer_tracks(&tracks)
@@ -1475,11 +1480,7 @@ mod tests {
     #[test]
     fn announces_which_slot_carries_which_track() {
         let now = Instant::now();
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let mut peer = server_peer(now);
         let answer = peer.accept_offer(PYTHON_OFFER).expect("answered");
         let slots = peer.subscriber_slots();
         assert_eq!(slots.len(), 3, "the SDK's 3 recvonly audio lines");
@@ -1560,11 +1561,7 @@ mod tests {
     #[test]
     fn answers_the_python_sdk_offer() {
         let now = Instant::now();
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let mut peer = server_peer(now);
         let answer = peer
             .accept_offer(PYTHON_OFFER)
             .expect("the SDK's offer is answered");
@@ -1623,11 +1620,7 @@ mod tests {
     #[test]
     fn a_bad_offer_is_a_typed_error() {
         let now = Instant::now();
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let mut peer = server_peer(now);
         assert!(matches!(
             peer.accept_offer("v=0\r\nthis is no sdp\r\n"),
             Err(PeerError::BadOffer(_))
@@ -1659,11 +1652,7 @@ mod tests {
     #[test]
     fn remote_candidates_are_checked_and_bounded() {
         let now = Instant::now();
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let mut peer = server_peer(now);
         assert!(matches!(
             peer.add_remote_candidate("candidate:garbage"),
             Err(PeerError::BadCandidate(_))
@@ -1683,11 +1672,7 @@ mod tests {
     #[test]
     fn candidate_init_json_as_the_signal_carries_it() {
         let now = Instant::now();
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let mut peer = server_peer(now);
         peer.accept_offer(PYTHON_OFFER).expect("answer");
         // What libwebrtc's RTCIceCandidate.toJSON() gives (with its
         // extension attributes after the type).
@@ -2063,11 +2048,7 @@ mod tests {
     #[test]
     fn writing_to_a_mid_we_do_not_send_on_is_refused() {
         let now = Instant::now();
-        let config = PeerConfig {
-            host: server_addr(),
-            rtp_mode: false,
-        };
-        let mut peer = WebRtcPeer::new(&config, &dtls(), now).expect("peer");
+        let mut peer = server_peer(now);
         peer.accept_offer(PYTHON_OFFER).expect("answer");
         // mid 3 is an (idle) video m-line.
         assert!(matches!(

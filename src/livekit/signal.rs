@@ -1227,17 +1227,7 @@ impl RoomSignal {
         id: u32,
         mid_to_track_id: HashMap<String, String>,
     ) -> Result<(), SignalError> {
-        self.connected(pid)?;
-        self.send(
-            pid,
-            Resp::Answer(lk::SessionDescription {
-                r#type: "answer".to_owned(),
-                sdp,
-                id,
-                mid_to_track_id,
-            }),
-        );
-        Ok(())
+        self.send_description(pid, "answer", Resp::Answer, sdp, id, mid_to_track_id)
     }
 
     /// Our offer (v0 subscriber PC).
@@ -1248,16 +1238,28 @@ impl RoomSignal {
         id: u32,
         mid_to_track_id: HashMap<String, String>,
     ) -> Result<(), SignalError> {
+        self.send_description(pid, "offer", Resp::Offer, sdp, id, mid_to_track_id)
+    }
+
+    /// A `SessionDescription` of `kind` ("answer" or "offer") to `pid`, in
+    /// the response field `wrap` puts it in.
+    fn send_description(
+        &mut self,
+        pid: &ParticipantSid,
+        kind: &str,
+        wrap: fn(lk::SessionDescription) -> Resp,
+        sdp: String,
+        id: u32,
+        mid_to_track_id: HashMap<String, String>,
+    ) -> Result<(), SignalError> {
         self.connected(pid)?;
-        self.send(
-            pid,
-            Resp::Offer(lk::SessionDescription {
-                r#type: "offer".to_owned(),
-                sdp,
-                id,
-                mid_to_track_id,
-            }),
-        );
+        let description = lk::SessionDescription {
+            r#type: kind.to_owned(),
+            sdp,
+            id,
+            mid_to_track_id,
+        };
+        self.send(pid, wrap(description));
         Ok(())
     }
 
