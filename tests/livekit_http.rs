@@ -917,6 +917,21 @@ fn block_power(samples: &[i16], hz: f64) -> f64 {
     blocks.iter().sum::<f64>() / blocks.len().max(1) as f64
 }
 
+/// A script's measurement (`measure()` in livekit_audio_from_caller.py) is
+/// the wanted tone: 10 dB over the off frequency, and most of the total
+/// power (a noise or a wrong pitch fails both). `what` names it on failure.
+fn assert_tone_dominates(m: &serde_json::Value, what: &str) {
+    let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        f("tone_db") - f("off_db") >= 10.0,
+        "{what}: tone vs off frequency: {m}"
+    );
+    assert!(
+        f("tone_db") >= f("total_db") - 3.0,
+        "{what}: tone vs total power: {m}"
+    );
+}
+
 /// What `livekit_audio_from_caller.py` measured must be the caller's 1000 Hz
 /// tone (amplitude 8000 from the UA: RMS ~5660, tone power ~72 dB), coming
 /// from the SIP participant `from`, steadily.
@@ -932,16 +947,7 @@ fn assert_sdk_heard_tone(lk: &LiveKit, got: &serde_json::Value, from: &str) {
         f("samples") >= 2.0 * 48000.0,
         "2 s of audio at least: {got}"
     );
-    // The tone dominates: 10x the power at 1400 Hz, and most of the total
-    // (a noise or a wrong pitch fails both).
-    assert!(
-        f("tone_db") - f("off_db") >= 10.0,
-        "1000 Hz vs 1400 Hz: {got}"
-    );
-    assert!(
-        f("tone_db") >= f("total_db") - 3.0,
-        "1000 Hz carries most of the power: {got}"
-    );
+    assert_tone_dominates(got, "the caller's 1000 Hz");
     // Not faint: G.711 and Opus keep the level to within a few dB.
     assert!(f("rms") >= 1000.0, "the tone's level: {got}");
     // Steady: three in four 100 ms blocks are the tone (the first ones may be
@@ -1384,8 +1390,7 @@ fn python_sdk_participants_hear_each_other_through_the_sfu() {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         assert!(f("samples") >= 2.0 * 48000.0, "{who}: 2 s of audio: {r}");
         // The peer's tone, 10 dB over its own (an SFU never echoes).
-        assert!(f("tone_db") - f("off_db") >= 10.0, "{who}: {r}");
-        assert!(f("tone_db") >= f("total_db") - 3.0, "{who}: {r}");
+        assert_tone_dominates(r, who);
         assert!(4.0 * f("tone_blocks") >= 3.0 * f("blocks"), "{who}: {r}");
     }
     assert_eq!(
@@ -1442,15 +1447,7 @@ fn python_sdk_hears_callers_one_after_another() {
     assert_eq!(heard.len(), callers.len(), "{got}");
     for (c, (number, hz)) in heard.iter().zip(callers) {
         assert_eq!(c["from"], format!("sip_{number}"), "{got}");
-        let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
-        assert!(
-            f("tone_db") - f("off_db") >= 10.0,
-            "{number} at {hz} Hz: {got}"
-        );
-        assert!(
-            f("tone_db") >= f("total_db") - 3.0,
-            "{number} at {hz} Hz: {got}"
-        );
+        assert_tone_dominates(c, &format!("{number} at {hz} Hz"));
     }
     let grown = lk
         .server
@@ -1491,15 +1488,7 @@ fn python_sdk_subscribes_to_the_caller_explicitly() {
     }
     assert_eq!(got["published"], true, "{got}");
     assert_eq!(got["early"], false, "no audio before subscribing: {got}");
-    let f = |k: &str| got[k].as_f64().unwrap_or(f64::NAN);
-    assert!(
-        f("tone_db") - f("off_db") >= 10.0,
-        "the caller's tone: {got}"
-    );
-    assert!(
-        f("tone_db") >= f("total_db") - 3.0,
-        "the caller's tone: {got}"
-    );
+    assert_tone_dominates(&got, "the caller's tone");
     assert_eq!(got["unsubscribed"], true, "{got}");
     assert_eq!(caller.bye(), 200);
     lk.server.stop();
